@@ -1,0 +1,179 @@
+"""BaseService: what every spawnable service written in this project shares.
+
+A subclass loads its model in load() and adds its routes in add_routes(). This
+class gives it: a FastAPI app, GET /health (503 while loading, 200 once ready),
+OpenAI-shaped errors without tracebacks, structured JSON logs, graceful SIGTERM
+shutdown, and a watchdog that exits when the parent orchestrator dies so no
+orphan keeps holding memory.
+
+    class EchoService(BaseService):
+        name = "echo"
+        def load(self) -> None: ...
+        def add_routes(self, app: FastAPI) -> None: ...
+
+    if __name__ == "__main__":
+        EchoService.main()
+
+The orchestrator starts it as `python server.py --port P --model-path DIR
+--model-id ID [--engine-arg value ...]`; engine arguments come from models.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from core.errors import ServiceError, error_body
+from core.http_errors import install_error_handlers
+from core.logs import configure_logging, log_event
+
+log = logging.getLogger("modelyard.service")
+
+# Exit code of a service whose load() failed: the orchestrator reports it as a
+# load error together with the tail of the service's log.
+EXIT_LOAD_FAILED = 3
+
+
+def sse_response(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    """Server-sent events in OpenAI's framing: `data: {json}` ... `data: [DONE]`.
+
+    An exception inside the stream ends it with an error event rather than a
+    silently truncated body.
+    """
+
+    async def frames() -> AsyncIterator[bytes]:
+        try:
+            async for event in events:
+                yield b"data: " + json.dumps(event).encode() + b"\n\n"
+        except ServiceError as exc:
+            yield b"data: " + json.dumps(exc.body()).encode() + b"\n\n"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported to the client as an error event
+            log.exception("stream failed")
+            body = error_body(500, f"stream failed: {type(exc).__name__}", "stream_error")
+            yield b"data: " + json.dumps(body).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(frames(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+class BaseService:
+    """Subclass me: set `name`, override load() and add_routes()."""
+
+    name = "service"
+
+    def __init__(self, options: argparse.Namespace) -> None:
+        self.options = options
+        self.ready = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.started_at = time.monotonic()
+        self.app = FastAPI(title=f"modelyard {self.name}", lifespan=self._lifespan)
+        install_error_handlers(self.app, self.name)
+        self.app.add_api_route("/health", self._health, methods=["GET"])
+        self.add_routes(self.app)
+
+    # --- for subclasses -------------------------------------------------
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Declare engine arguments (models.yaml `args` arrive as --key value)."""
+
+    def load(self) -> None:
+        """Load the model. Blocking; runs in a thread while /health says 503."""
+
+    def add_routes(self, app: FastAPI) -> None:
+        """Register the service's OpenAI routes on app."""
+
+    def health_details(self) -> dict[str, Any]:
+        """Extra fields for the /health body."""
+        return {}
+
+    # --- lifecycle --------------------------------------------------------
+
+    async def _health(self) -> JSONResponse:
+        body = {"status": "ok" if self.ready else "loading", "service": self.name, **self.health_details()}
+        return JSONResponse(body, status_code=200 if self.ready else 503)
+
+    @asynccontextmanager
+    async def _lifespan(self, _: FastAPI) -> AsyncIterator[None]:
+        # Kept for subclasses: load() and generation threads hand work back through it.
+        self.loop = asyncio.get_running_loop()
+        loader = self.loop.run_in_executor(None, self._load_or_exit)
+        yield
+        if not loader.done():
+            loader.cancel()
+
+    def _load_or_exit(self) -> None:
+        began = time.monotonic()
+        try:
+            self.load()
+        except BaseException as exc:  # noqa: BLE001 - any failure to load ends the process
+            log_event(log, f"load failed: {type(exc).__name__}: {exc}", logging.ERROR)
+            # The orchestrator reads this line from our log and puts it in the load error.
+            print(f"modelyard: load failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            os._exit(EXIT_LOAD_FAILED)
+        self.ready = True
+        log_event(log, "ready", load_seconds=round(time.monotonic() - began, 3))
+
+    @classmethod
+    def parse_options(cls, argv: list[str] | None = None) -> argparse.Namespace:
+        parser = argparse.ArgumentParser(prog=f"modelyard-{cls.name}")
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "0")) or None, required="PORT" not in os.environ)
+        parser.add_argument("--model-path", default=os.environ.get("MODEL_PATH"))
+        parser.add_argument("--model-id", default=os.environ.get("MODEL_ID", cls.name))
+        parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+        parser.add_argument("--shutdown-grace", type=float, default=10.0)
+        cls.add_arguments(parser)
+        return parser.parse_args(argv)
+
+    @classmethod
+    def main(cls, argv: list[str] | None = None) -> None:
+        options = cls.parse_options(argv)
+        configure_logging(cls.name, options.log_level)
+        service = cls(options)
+        watch_parent(options.shutdown_grace)
+        log_event(log, "starting", port=options.port, model_id=options.model_id, pid=os.getpid())
+        uvicorn.run(
+            service.app,
+            host=options.host,
+            port=options.port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=int(options.shutdown_grace) or None,
+        )
+
+
+def watch_parent(grace: float) -> None:
+    """Exit when the process that started us is gone.
+
+    The orchestrator also asks the kernel for SIGTERM on its death
+    (PR_SET_PDEATHSIG); this thread covers launchers where that does not reach
+    us, and a restart of the orchestrator reaps anything left.
+    """
+    expected = int(os.environ.get("MODELYARD_PARENT_PID", "0")) or os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == expected:
+            time.sleep(0.5)
+        log_event(log, "parent process is gone; shutting down", logging.WARNING, parent=expected)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace + 2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()

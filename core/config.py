@@ -1,0 +1,278 @@
+"""models.yaml: the schema (pydantic) and a loader whose errors name the file,
+the model id, the field and the reason.
+
+`python -m core.config --schema` prints the JSON Schema generated from these
+models (configs/models.schema.json is that output, for editors).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENGINES = ("transformers", "command")
+MODEL_TYPES = ("text", "embedding", "image", "audio", "vision", "service")
+
+# Placeholders every string field may use; ${NAME} of any other name must be an
+# environment variable, so a typo is caught at start-up rather than at load.
+BUILTIN_PLACEHOLDERS = ("PORT", "MODEL_ID", "MODEL_PATH", "STATE_DIR", "ROOT", "PYTHON")
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+
+ROOT_DIR = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(Exception):
+    """models.yaml cannot be used; str(error) lists every problem, one a line."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(f"{path}: {p}" for p in problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Strict):
+    """One entry under `models:`. The key in the mapping is the model id."""
+
+    type: Literal["text", "embedding", "image", "audio", "vision", "service"] = Field(
+        "text", description="What the model serves; decides which routes reach it."
+    )
+    engine: Literal["transformers", "command"] = Field(
+        description="Which engine starts it: a models/<engine>/ launcher, or `command` "
+        "for any OpenAI-compatible server given as `cmd`."
+    )
+    model: str | None = Field(
+        None, description="Local path (or URI) of the weights, passed to the engine as MODEL_PATH."
+    )
+    cmd: str | None = Field(
+        None,
+        description="engine=command only: the command line, with ${PORT} where the server "
+        "must listen. Split like a shell would, never run through a shell.",
+    )
+    args: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Engine arguments, passed as --key value (true: --key; false: omitted).",
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
+    aliases: list[str] = Field(default_factory=list, description="Other names clients may use.")
+    served_name: str | None = Field(
+        None,
+        description="The name the upstream server knows the model by, if not the id "
+        "(the `model` field is rewritten to it).",
+    )
+    startup_timeout: float = Field(
+        120.0, gt=0, description="Seconds to wait for the health check to pass before giving up."
+    )
+    health_path: str = Field("/health", description="Path that answers 200 once the service is ready.")
+    memory_gb: float = Field(
+        0.0, ge=0, description="Memory the service needs, counted against settings.memory_budget_gb."
+    )
+    ttl: float = Field(
+        0.0, ge=0, description="Seconds idle before the service is stopped; 0 keeps it running."
+    )
+    max_concurrency: int = Field(
+        0, ge=0, description="Requests forwarded at once; 0 means no limit. Others wait in a queue."
+    )
+    max_queue: int = Field(
+        256, ge=0, description="Requests allowed to wait for a concurrency slot; beyond it, 429."
+    )
+    pinned: bool = Field(False, description="Never evicted to make room for another model.")
+
+    @field_validator("aliases")
+    @classmethod
+    def _alias_names(cls, aliases: list[str]) -> list[str]:
+        for alias in aliases:
+            if not _MODEL_ID.match(alias):
+                raise ValueError(f"alias {alias!r} must match {_MODEL_ID.pattern}")
+        return aliases
+
+    @field_validator("health_path")
+    @classmethod
+    def _absolute_path(cls, path: str) -> str:
+        if not path.startswith("/"):
+            raise ValueError("must start with '/'")
+        return path
+
+    @model_validator(mode="after")
+    def _engine_fields(self) -> "ModelConfig":
+        if self.engine == "command":
+            if not self.cmd:
+                raise ValueError("engine 'command' needs `cmd`, a command line containing ${PORT}")
+            if "${PORT}" not in self.cmd:
+                raise ValueError("`cmd` must contain ${PORT}: the server has to listen where it is told")
+        elif self.cmd:
+            raise ValueError(f"`cmd` is only for engine 'command', not {self.engine!r}")
+        if self.engine == "transformers" and not self.model:
+            raise ValueError("engine 'transformers' needs `model`, the path of a local HF directory")
+        return self
+
+
+class Settings(_Strict):
+    """The `settings:` section: how the orchestrator itself runs."""
+
+    host: str = Field("127.0.0.1", description="Address the orchestrator listens on.")
+    port: int = Field(9000, ge=1, le=65535, description="Port of the one OpenAI-compatible endpoint.")
+    state_dir: str = Field(
+        "state",
+        description="Databases, logs, engine environments and prepared models. Relative paths "
+        "are taken from the modelyard checkout. MODELYARD_STATE_DIR overrides it.",
+    )
+    envs_dir: str | None = Field(
+        None, description="Engine virtual environments; default <state_dir>/envs. MODELYARD_ENVS_DIR overrides it."
+    )
+    memory_budget_gb: float | None = Field(
+        None, gt=0, description="Memory all services may hold together; null means no limit."
+    )
+    max_request_mb: float = Field(16.0, gt=0, description="Largest request body accepted (413 above it).")
+    upstream_timeout: float = Field(
+        600.0, gt=0, description="Seconds a service may take to answer (between stream chunks too)."
+    )
+    eviction_wait: float = Field(
+        30.0, ge=0, description="Seconds a load waits for busy services to go idle before answering 503."
+    )
+    shutdown_grace: float = Field(
+        10.0, ge=0, description="Seconds a service gets between SIGTERM and SIGKILL."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(_Strict):
+    settings: Settings = Field(default_factory=Settings)  # type: ignore[arg-type]
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "Config":
+        owner: dict[str, str] = {}
+        for model_id in self.models:
+            if not _MODEL_ID.match(model_id):
+                raise ValueError(f"model id {model_id!r} must match {_MODEL_ID.pattern}")
+            owner[model_id] = model_id
+        for model_id, model in self.models.items():
+            for alias in model.aliases:
+                if alias in owner:
+                    raise ValueError(
+                        f"model {model_id!r}: alias {alias!r} is already the name of model {owner[alias]!r}"
+                    )
+                owner[alias] = model_id
+        return self
+
+    def state_path(self) -> Path:
+        raw = os.environ.get("MODELYARD_STATE_DIR") or self.settings.state_dir
+        path = Path(raw).expanduser()
+        return path if path.is_absolute() else ROOT_DIR / path
+
+    def envs_path(self) -> Path:
+        raw = os.environ.get("MODELYARD_ENVS_DIR") or self.settings.envs_dir
+        if not raw:
+            return self.state_path() / "envs"
+        path = Path(raw).expanduser()
+        return path if path.is_absolute() else ROOT_DIR / path
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """One line for one pydantic error: 'model X, field Y: reason (got Z)'."""
+    loc = [str(part) for part in error["loc"]]
+    msg = error["msg"].removeprefix("Value error, ")
+    got = ""
+    if error["type"] not in ("missing", "value_error") and "input" in error:
+        got = f" (got {error['input']!r})"
+    if len(loc) >= 2 and loc[0] == "models":
+        field = ".".join(loc[2:])
+        if not field:  # a rule about the entry as a whole
+            return f"model '{loc[1]}': {msg}"
+        return f"model '{loc[1]}', field '{field}': {msg}{got}"
+    if loc:
+        return f"field '{'.'.join(loc)}': {msg}{got}"
+    return msg + got
+
+
+def _unknown_placeholders(config: Config) -> list[str]:
+    problems = []
+    for model_id, model in config.models.items():
+        texts = [model.model or "", model.cmd or "", *map(str, model.args.values()), *model.env.values()]
+        for text in texts:
+            for name in _PLACEHOLDER.findall(text):
+                if name not in BUILTIN_PLACEHOLDERS and name not in os.environ:
+                    problems.append(
+                        f"model '{model_id}': ${{{name}}} is neither a built-in placeholder "
+                        f"({', '.join(BUILTIN_PLACEHOLDERS)}) nor a set environment variable"
+                    )
+    return problems
+
+
+def parse_config(data: Any, path: str = "<config>") -> Config:
+    """Validate already-parsed YAML; raise ConfigError listing every problem."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, [f"the top level must be a mapping with `models:`, not {type(data).__name__}"])
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(path, [_describe(e) for e in exc.errors()]) from None
+    problems = _unknown_placeholders(config)
+    if problems:
+        raise ConfigError(path, problems)
+    return config
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a models.yaml file."""
+    name = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(name, [f"cannot read the file: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(name, [f"{where}invalid YAML: {problem}"]) from None
+    return parse_config(data, name)
+
+
+def expand(text: str, values: dict[str, str]) -> str:
+    """Replace ${NAME} by values[NAME], else by the environment variable NAME."""
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name in values:
+            return values[name]
+        return os.environ.get(name, match.group(0))
+
+    return _PLACEHOLDER.sub(replace, text)
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Config.model_json_schema()
+    schema["title"] = "modelyard models.yaml"
+    return schema
+
+
+if __name__ == "__main__":
+    import json
+
+    if sys.argv[1:] == ["--schema"]:
+        print(json.dumps(json_schema(), indent=2))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--check":
+        try:
+            load_config(sys.argv[2])
+        except ConfigError as err:
+            print(err, file=sys.stderr)
+            sys.exit(1)
+        print(f"{sys.argv[2]}: ok")
+    else:
+        print("usage: python -m core.config --schema | --check FILE", file=sys.stderr)
+        sys.exit(2)

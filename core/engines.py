@@ -1,0 +1,120 @@
+"""How each engine is started: its interpreter, its command line, its environment.
+
+Engines with a server of our own (models/<engine>/server.py) run with the
+interpreter of their own virtual environment, <envs>/<engine>/bin/python,
+because engines pin conflicting library versions. The `command` engine runs
+whatever OpenAI-compatible server models.yaml names.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from core.config import ROOT_DIR, Config, ModelConfig, expand
+from core.errors import ServiceError
+from core.process import INSTANCE_ENV, PARENT_ENV, LaunchSpec
+
+# Engines whose server lives in models/<engine>/server.py.
+PYTHON_ENGINES = ("transformers",)
+
+
+def engine_python(engine: str, envs_dir: Path) -> Path:
+    return envs_dir / engine / "bin" / "python"
+
+
+def install_hint(engine: str) -> str:
+    return f"./scripts/install.sh --engine {engine}"
+
+
+def engine_args(args: dict[str, str | int | float | bool]) -> list[str]:
+    """models.yaml `args` as command-line flags: {max_len: 2048} -> --max-len 2048."""
+    argv: list[str] = []
+    for key, value in args.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is False:
+            continue
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def placeholder_values(model_id: str, model: ModelConfig, port: int, config: Config) -> dict[str, str]:
+    values = {
+        "PORT": str(port),
+        "MODEL_ID": model_id,
+        "STATE_DIR": str(config.state_path()),
+        "ROOT": str(ROOT_DIR),
+        "PYTHON": sys.executable,
+    }
+    values["MODEL_PATH"] = expand(model.model or "", values)
+    return values
+
+
+def launch_spec(model_id: str, model: ModelConfig, port: int, config: Config, instance: str) -> LaunchSpec:
+    """The command line and environment that start model_id on port.
+
+    Raises ServiceError(503) naming the fix when the engine's environment or
+    the model's files are missing, before anything is spawned.
+    """
+    values = placeholder_values(model_id, model, port, config)
+    env = dict(os.environ)
+    env.update({key: expand(value, values) for key, value in model.env.items()})
+    env.update(
+        {
+            "PORT": str(port),
+            "MODEL_ID": model_id,
+            INSTANCE_ENV: instance,
+            PARENT_ENV: str(os.getpid()),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    log_path = service_log_path(config, model_id)
+    grace = str(config.settings.shutdown_grace)
+
+    if model.engine == "command":
+        assert model.cmd is not None  # the schema requires it
+        argv = shlex.split(expand(model.cmd, values))
+        return LaunchSpec(argv=argv, env=env, log_path=log_path, cwd=ROOT_DIR)
+
+    python = engine_python(model.engine, config.envs_path())
+    if not python.exists():
+        raise ServiceError(
+            503,
+            f"model '{model_id}' needs the {model.engine} engine, whose environment is missing "
+            f"({python.parent.parent}); install it with {install_hint(model.engine)}",
+            code="engine_not_installed",
+        )
+    model_path = values["MODEL_PATH"]
+    if model_path and "://" not in model_path and not Path(model_path).exists():
+        raise ServiceError(
+            503,
+            f"model '{model_id}': weights not found at {model_path}; prepare them with ./scripts/install.sh "
+            "(or fix `model` in models.yaml)",
+            code="model_files_missing",
+        )
+    server = ROOT_DIR / "models" / model.engine / "server.py"
+    argv = [
+        str(python),
+        str(server),
+        "--port",
+        str(port),
+        "--model-path",
+        model_path,
+        "--model-id",
+        model_id,
+        "--shutdown-grace",
+        grace,
+        *engine_args({k: expand(str(v), values) if isinstance(v, str) else v for k, v in model.args.items()}),
+    ]
+    return LaunchSpec(argv=argv, env=env, log_path=log_path, cwd=ROOT_DIR)
+
+
+def service_log_path(config: Config, model_id: str) -> Path:
+    """Where a service's output goes (rotated as .log.1, .log.2 ...)."""
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in model_id)
+    return config.state_path() / "logs" / f"{safe}.log"

@@ -1,0 +1,253 @@
+"""Supervision of one service process (the seed's service_manager).
+
+A service runs in its own process group so that stopping it stops everything
+it spawned (vLLM starts engine-core children). Its stdout and stderr go to a
+size-rotated log file, and the last lines stay in memory for error messages.
+Three layers make sure no service outlives the orchestrator: the kernel's
+parent-death signal, a watchdog inside BaseService, and reap_orphans() when the
+next orchestrator starts on the same state directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import logging.handlers
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+log = logging.getLogger("modelyard.process")
+
+INSTANCE_ENV = "MODELYARD_INSTANCE"
+PARENT_ENV = "MODELYARD_PARENT_PID"
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 3
+_PR_SET_PDEATHSIG = 1
+
+
+class StartupError(Exception):
+    """The service exited or never became healthy; message says why."""
+
+
+@dataclass
+class LaunchSpec:
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    cwd: Path | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: ask the kernel to SIGTERM us
+    # when the orchestrator (the forking thread's process) dies.
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+class _LogPump(threading.Thread):
+    """Copies the child's output into a rotating file and keeps a short tail."""
+
+    def __init__(self, stream: "os._wrap_close | object", path: Path, tail: deque[str]) -> None:
+        super().__init__(name=f"log-{path.stem}", daemon=True)
+        self.stream = stream
+        self.tail = tail
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handler = logging.handlers.RotatingFileHandler(
+            path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8"
+        )
+        self.handler.setFormatter(logging.Formatter("%(message)s"))
+
+    def run(self) -> None:
+        try:
+            for raw in iter(self.stream.readline, b""):  # type: ignore[attr-defined]
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                self.tail.append(line)
+                self.handler.emit(logging.makeLogRecord({"msg": line, "args": None}))
+        finally:
+            self.handler.close()
+
+
+class ServiceProcess:
+    """One running service: start, wait until healthy, stop, observe its exit."""
+
+    def __init__(self, name: str, spec: LaunchSpec) -> None:
+        self.name = name
+        self.spec = spec
+        self.tail: deque[str] = deque(maxlen=200)
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._exited: asyncio.Future[int] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._popen.pid if self._popen else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll() if self._popen else None
+
+    def start(self) -> None:
+        """Spawn the process. Must run on the event loop's thread: the kernel's
+        parent-death signal follows the thread that forked the child."""
+        loop = asyncio.get_running_loop()
+        self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.spec.log_path.open("a") as marker:
+            marker.write(f"--- modelyard: starting {self.name}: {' '.join(self.spec.argv)}\n")
+        try:
+            self._popen = subprocess.Popen(
+                self.spec.argv,
+                env=self.spec.env,
+                cwd=self.spec.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - one syscall, no locks taken
+            )
+        except OSError as exc:
+            raise StartupError(f"cannot execute {self.spec.argv[0]!r}: {exc.strerror}") from None
+        _LogPump(self._popen.stdout, self.spec.log_path, self.tail).start()
+        self._exited = loop.create_future()
+        popen, exited = self._popen, self._exited
+
+        def wait_for_exit() -> None:
+            code = popen.wait()
+            loop.call_soon_threadsafe(lambda: exited.done() or exited.set_result(code))
+
+        threading.Thread(target=wait_for_exit, name=f"wait-{self.name}", daemon=True).start()
+
+    async def wait_exit(self) -> int:
+        assert self._exited is not None
+        return await asyncio.shield(self._exited)
+
+    def last_lines(self, count: int = 8) -> str:
+        lines = [line for line in self.tail if line.strip()]
+        return "\n".join(lines[-count:])
+
+    def _failure_detail(self) -> str:
+        tail = self.last_lines()
+        return f"; last log lines:\n{tail}" if tail else ""
+
+    async def wait_healthy(self, url: str, timeout: float, session: aiohttp.ClientSession) -> float:
+        """Poll url until it answers 200. Returns seconds waited.
+
+        Intervals start at 5 ms and grow to 200 ms: a fast service is seen
+        within milliseconds, a slow one costs few requests.
+        """
+        assert self._exited is not None
+        began = time.monotonic()
+        deadline = began + timeout
+        interval = 0.005
+        probe_timeout = aiohttp.ClientTimeout(total=2.0)
+        while True:
+            if self._exited.done():
+                code = self._exited.result()
+                raise StartupError(f"exited with code {code} before becoming healthy{self._failure_detail()}")
+            try:
+                async with session.get(url, timeout=probe_timeout) as response:
+                    if response.status == 200:
+                        return time.monotonic() - began
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                pass
+            now = time.monotonic()
+            if now >= deadline:
+                raise StartupError(f"did not become healthy within {timeout:g} s{self._failure_detail()}")
+            await asyncio.wait([self._exited], timeout=min(interval, deadline - now))
+            interval = min(interval * 1.5, 0.2)
+
+    async def stop(self, grace: float) -> int | None:
+        """SIGTERM the whole group, then SIGKILL whatever is left after grace."""
+        if self._popen is None or self._exited is None:
+            return None
+        pgid = self._popen.pid  # start_new_session: the group id is the leader's pid
+        _signal_group(pgid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._exited), timeout=grace)
+        except asyncio.TimeoutError:
+            log.warning("service %s ignored SIGTERM for %.1f s; killing", self.name, grace)
+        # The leader may be gone while children it spawned linger: kill the group.
+        _signal_group(pgid, signal.SIGKILL)
+        return await asyncio.shield(self._exited)
+
+    def memory_bytes(self) -> int:
+        """Resident memory of the service and all its children."""
+        if self._popen is None or self.returncode is not None:
+            return 0
+        try:
+            root = psutil.Process(self._popen.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return 0
+        total = 0
+        for proc in procs:
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:
+                continue
+        return total
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def reap_orphans(instance: str, grace: float = 3.0, parent: int | None = None) -> list[int]:
+    """Kill services an earlier orchestrator of this instance left behind.
+
+    Every service carries MODELYARD_INSTANCE in its environment (children
+    inherit it), so leftovers are found even when their parent was SIGKILLed.
+    With parent, only that orchestrator's services are killed; without it the
+    caller must hold the instance lock, so none of these is a live sibling's.
+    """
+    me = os.getpid()
+    found: list[psutil.Process] = []
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == me:
+            continue
+        try:
+            env = proc.environ()
+        except (psutil.Error, OSError):
+            continue
+        if env.get(INSTANCE_ENV) != instance or env.get(PARENT_ENV) == str(me):
+            continue
+        if parent is None or env.get(PARENT_ENV) == str(parent):
+            found.append(proc)
+    for proc in found:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(found, timeout=grace)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    pids = [p.pid for p in found]
+    if pids:
+        log.warning("reaped %d process(es) left by an earlier orchestrator: %s", len(pids), pids)
+    return pids

@@ -1,0 +1,2 @@
+"""The orchestrator process: one OpenAI-compatible endpoint in front of
+on-demand model services."""

@@ -1,0 +1,117 @@
+"""`python -m orchestrator`: validate models.yaml, reap leftovers, serve."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import uvicorn
+import uvloop
+
+from core.config import ROOT_DIR, ConfigError, load_config
+from core.instance import InstanceLocked, acquire_lock, instance_id
+from core.logs import configure_logging
+from core.process import reap_orphans
+from orchestrator.app import create_app
+
+DEFAULT_CONFIG = ROOT_DIR / "configs" / "models.yaml"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator", description="modelyard orchestrator")
+    parser.add_argument("--config", default=os.environ.get("MODELYARD_CONFIG", str(DEFAULT_CONFIG)),
+                        help="models.yaml to serve (default: configs/models.yaml; env MODELYARD_CONFIG)")
+    parser.add_argument("--host", help="override settings.host")
+    parser.add_argument("--port", type=int, help="override settings.port")
+    parser.add_argument("--state-dir", help="override settings.state_dir (env MODELYARD_STATE_DIR)")
+    parser.add_argument("--check", action="store_true", help="validate the config and exit")
+    return parser.parse_args(argv)
+
+
+def banner(host: str, port: int, config_path: str, state: Path, models: list[str]) -> str:
+    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
+    example = models[0] if models else "MODEL"
+    return (
+        f"modelyard listening on http://{host}:{port}  (config {config_path}, state {state})\n"
+        f"models: {', '.join(models) or '(none)'}\n"
+        f"try:  curl http://{shown}:{port}/v1/chat/completions -H 'Content-Type: application/json' "
+        f"-d '{{\"model\":\"{example}\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the capital of France?\"}}]}}'"
+    )
+
+
+async def serve(server: uvicorn.Server, message: str) -> None:
+    async def announce() -> None:
+        while not server.started:
+            if server.should_exit:
+                return
+            await asyncio.sleep(0.02)
+        print(message, flush=True)
+
+    task = asyncio.create_task(announce())
+    await server.serve()
+    task.cancel()
+
+
+def start_reaper(instance: str) -> None:
+    """The sidecar that cleans up our services if we are killed (core/reaper.py)."""
+    subprocess.Popen(
+        [sys.executable, "-m", "core.reaper", "--parent", str(os.getpid()), "--instance", instance],
+        cwd=ROOT_DIR,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.port is not None and not 1 <= args.port <= 65535:
+        print(f"error: --port must be between 1 and 65535, not {args.port}", file=sys.stderr)
+        return 2
+    if args.state_dir:
+        os.environ["MODELYARD_STATE_DIR"] = str(Path(args.state_dir).resolve())
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        print(f"modelyard: invalid configuration\n{err}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"{args.config}: ok ({len(config.models)} models)")
+        return 0
+    settings = config.settings
+    host = args.host or settings.host
+    port = args.port or settings.port
+    configure_logging("orchestrator", settings.log_level)
+
+    state = config.state_path()
+    try:
+        acquire_lock(state)
+    except InstanceLocked as err:
+        print(f"modelyard: {err}", file=sys.stderr)
+        return 1
+    instance = instance_id(state)
+    reap_orphans(instance)
+    start_reaper(instance)
+
+    app = create_app(config, instance)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            http="httptools",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=max(1, int(settings.shutdown_grace)),
+        )
+    )
+    uvloop.run(serve(server, banner(host, port, args.config, state, list(config.models))))
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

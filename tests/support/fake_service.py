@@ -1,0 +1,142 @@
+"""A tiny OpenAI-compatible BaseService for tests and benchmarks.
+
+It is a real service process (core.BaseService, real HTTP), with knobs that
+make it misbehave the ways real engines do: slow or failing loads, a load that
+never finishes, a crash in the middle of a stream, ignoring SIGTERM, and a
+child process of its own. The orchestrator starts it through the `command`
+engine: cmd: "${PYTHON} tests/support/fake_service.py --port ${PORT} ..."
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from fastapi import FastAPI  # noqa: E402
+
+from core.base_service import BaseService, sse_response  # noqa: E402
+from core.errors import ServiceError  # noqa: E402
+from core.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, completion_id, now  # noqa: E402
+
+
+class FakeService(BaseService):
+    name = "fake"
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--startup-delay", type=float, default=0.0, help="seconds load() takes")
+        parser.add_argument("--never-ready", action="store_true", help="load() never finishes")
+        parser.add_argument("--fail-load", action="store_true", help="load() raises")
+        parser.add_argument("--chunks", type=int, default=8, help="stream chunks per answer")
+        parser.add_argument("--chunk-delay-ms", type=float, default=0.0, help="pause between chunks")
+        parser.add_argument("--response-delay-ms", type=float, default=0.0, help="pause before a non-streamed answer")
+        parser.add_argument("--crash-after-chunks", type=int, default=0, help="exit hard after N chunks")
+        parser.add_argument("--ignore-sigterm", action="store_true", help="survive SIGTERM (tests SIGKILL)")
+        parser.add_argument("--spawn-child", action="store_true", help="start a sleeping child process")
+
+    def __init__(self, options: argparse.Namespace) -> None:
+        self.stats = {"requests": 0, "completed": 0, "cancelled": 0}
+        self.child: subprocess.Popen[bytes] | None = None
+        super().__init__(options)
+
+    def load(self) -> None:
+        if self.options.ignore_sigterm:
+            # Signal handlers can only be set on the main thread, after uvicorn set its own.
+            assert self.loop is not None
+            self.loop.call_soon_threadsafe(signal.signal, signal.SIGTERM, signal.SIG_IGN)
+        if self.options.spawn_child:
+            self.child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        if self.options.fail_load:
+            raise RuntimeError("weights are corrupt (simulated)")
+        if self.options.never_ready:
+            while True:
+                time.sleep(1)
+        time.sleep(self.options.startup_delay)
+
+    def health_details(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "child_pid": self.child.pid if self.child else None}
+
+    def add_routes(self, app: FastAPI) -> None:
+        app.add_api_route("/stats", lambda: self.stats, methods=["GET"])
+        app.add_api_route("/v1/chat/completions", self.chat, methods=["POST"])
+        app.add_api_route("/v1/completions", self.completions, methods=["POST"])
+        app.add_api_route("/v1/embeddings", self.embeddings, methods=["POST"])
+
+    def _words(self, text: str) -> list[str]:
+        answer = f"echo: {text}"
+        count = max(1, self.options.chunks)
+        size = max(1, -(-len(answer) // count))
+        return [answer[i : i + size] for i in range(0, len(answer), size)][:count]
+
+    async def _stream(self, model: str, text: str, chat: bool) -> AsyncIterator[dict[str, Any]]:
+        cid = completion_id()
+        sent = 0
+        try:
+            for piece in self._words(text):
+                if self.options.crash_after_chunks and sent >= self.options.crash_after_chunks:
+                    os._exit(9)
+                if self.options.chunk_delay_ms:
+                    await asyncio.sleep(self.options.chunk_delay_ms / 1000)
+                sent += 1
+                if chat:
+                    yield {"id": cid, "object": "chat.completion.chunk", "created": now(), "model": model,
+                           "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                else:
+                    yield {"id": cid, "object": "text_completion", "created": now(), "model": model,
+                           "choices": [{"index": 0, "text": piece, "finish_reason": None}]}
+            self.stats["completed"] += 1
+        except (asyncio.CancelledError, GeneratorExit):
+            self.stats["cancelled"] += 1
+            raise
+
+    async def _answer(self, model: str, text: str, chat: bool, stream: bool) -> Any:
+        self.stats["requests"] += 1
+        if stream:
+            return sse_response(self._stream(model, text, chat))
+        if self.options.response_delay_ms:
+            await asyncio.sleep(self.options.response_delay_ms / 1000)
+        content = "".join(self._words(text))
+        self.stats["completed"] += 1
+        usage = {"prompt_tokens": len(text.split()), "completion_tokens": len(content.split()),
+                 "total_tokens": len(text.split()) + len(content.split())}
+        if chat:
+            return {"id": completion_id(), "object": "chat.completion", "created": now(), "model": model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                 "finish_reason": "stop"}], "usage": usage}
+        return {"id": completion_id("cmpl"), "object": "text_completion", "created": now(), "model": model,
+                "choices": [{"index": 0, "text": content, "finish_reason": "stop"}], "usage": usage}
+
+    async def chat(self, body: ChatCompletionRequest) -> Any:
+        last = body.messages[-1].content
+        return await self._answer(body.model, last if isinstance(last, str) else "", True, body.stream)
+
+    async def completions(self, body: CompletionRequest) -> Any:
+        prompt = body.prompt if isinstance(body.prompt, str) else " ".join(body.prompt)
+        return await self._answer(body.model, prompt, False, body.stream)
+
+    async def embeddings(self, body: EmbeddingRequest) -> Any:
+        self.stats["requests"] += 1
+        inputs = body.input if isinstance(body.input, list) else [body.input]
+        if inputs and all(isinstance(i, str) for i in inputs):
+            data = [{"object": "embedding", "index": i, "embedding": [float(len(str(t))), 1.0, 0.0]}
+                    for i, t in enumerate(inputs)]
+        else:
+            raise ServiceError(400, "this fake service embeds strings only", param="input")
+        self.stats["completed"] += 1
+        return {"object": "list", "data": data, "model": body.model, "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+
+
+
+
+if __name__ == "__main__":
+    FakeService.main()

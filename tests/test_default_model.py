@@ -1,0 +1,98 @@
+"""The README's promise: the embedded default config, started with
+scripts/start-all.sh, answers with a real model (SmolLM2-135M) through the
+orchestrator, streaming and not, and through the official openai client."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from core.process import free_port
+from tests.conftest import ROOT, instance_processes, wait_until
+
+pytestmark = pytest.mark.slow
+
+QUESTION = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+ENVS = Path(os.environ.get("MODELYARD_ENVS_DIR", ROOT / "state" / "envs"))
+MODELS = Path(os.environ.get("MODELYARD_SMOLLM2_DIR", ROOT / "state" / "models" / "smollm2-135m")).parent
+
+
+@pytest.fixture(scope="module")
+def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    if not (ENVS / "transformers" / "bin" / "python").exists() or not (MODELS / "smollm2-135m").exists():
+        pytest.fail("the transformers engine or the default model is missing: run ./scripts/install.sh")
+    # A state directory of its own, sharing the installed environments and model.
+    state = tmp_path_factory.mktemp("appliance") / "state"
+    state.mkdir()
+    (state / "models").symlink_to(MODELS)
+    log = state.parent / "start-all.log"
+    port = free_port()
+    env = {**os.environ, "MODELYARD_STATE_DIR": str(state), "MODELYARD_ENVS_DIR": str(ENVS)}
+    process = subprocess.Popen(
+        ["bash", "scripts/start-all.sh", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_until(lambda: "modelyard listening on" in log.read_text() or process.poll() is not None, 120)
+        assert process.poll() is None, log.read_text()
+        yield url, log
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+        assert wait_until(lambda: not instance_processes(state), 10)
+
+
+def test_start_all_prints_where_it_listens_and_a_curl_example(appliance):
+    url, log = appliance
+    text = log.read_text()
+    assert f"modelyard listening on {url}" in text
+    assert "curl http://localhost:" in text and '"model":"smollm2-135m"' in text
+
+
+def test_the_readme_curl_request_gets_a_real_answer(appliance):
+    url, _ = appliance
+    response = httpx.post(url + "/v1/chat/completions", json=QUESTION, timeout=180)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert "Paris" in body["choices"][0]["message"]["content"]
+    assert body["choices"][0]["finish_reason"] in ("stop", "length")
+    assert body["usage"]["completion_tokens"] > 0
+    assert float(response.headers["x-modelyard-overhead-ms"]) < 50
+
+
+def test_streaming_sends_tokens_as_sse_chunks_ending_with_done(appliance):
+    url, _ = appliance
+    events = []
+    with httpx.stream("POST", url + "/v1/chat/completions", json={**QUESTION, "stream": True}, timeout=180) as stream:
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                events.append(line.removeprefix("data: "))
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    pieces = [c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]]
+    assert sum(1 for p in pieces if p) > 3  # token by token, not one blob
+    assert "Paris" in "".join(pieces)
+
+
+def test_the_official_openai_client_works_unchanged(appliance):
+    url, _ = appliance
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
+    answer = client.chat.completions.create(model="smollm2-135m", messages=QUESTION["messages"])
+    assert "Paris" in (answer.choices[0].message.content or "")
+    stream = client.chat.completions.create(model="smollm2", messages=QUESTION["messages"], stream=True)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert "Paris" in text
+    assert [m.id for m in client.models.list()] == ["smollm2-135m"]
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-nope", messages=QUESTION["messages"])

@@ -1,0 +1,213 @@
+"""Service lifecycle through the real orchestrator and real service processes:
+single-flight loads, eviction, load failures, crashes, cancellation, cleanup."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import psutil
+
+from tests.conftest import fake_model, instance_processes, wait_until
+
+CHAT = {"messages": [{"role": "user", "content": "hello"}]}
+
+
+def chat(client: httpx.Client, model: str, **extra: object) -> httpx.Response:
+    return client.post("/v1/chat/completions", json={"model": model, **CHAT, **extra})
+
+
+def test_fifty_concurrent_first_requests_start_one_process(orchestrator):
+    orch = orchestrator({"models": {"m": fake_model("--startup-delay 1.0")}})
+
+    def one(_: int) -> int:
+        with orch.client() as client:
+            return chat(client, "m").status_code
+
+    with ThreadPoolExecutor(50) as pool:
+        statuses = list(pool.map(one, range(50)))
+    assert statuses == [200] * 50
+    service = orch.services()["m"]
+    assert service["starts"] == 1
+    assert len(instance_processes(orch.state_dir)) == 1
+    stats = httpx.get(orch.service_url("m") + "/stats").json()
+    assert stats["completed"] == 50
+
+
+def test_least_recently_used_idle_service_is_evicted(orchestrator):
+    models = {name: fake_model(memory_gb=4) for name in ("a", "b", "c")}
+    orch = orchestrator({"settings": {"memory_budget_gb": 10}, "models": models})
+    with orch.client() as client:
+        assert chat(client, "a").status_code == 200
+        assert chat(client, "b").status_code == 200
+        assert chat(client, "a").status_code == 200  # a is now more recent than b
+        assert chat(client, "c").status_code == 200
+    states = {k: v["state"] for k, v in orch.services().items()}
+    assert states == {"a": "ready", "b": "stopped", "c": "ready"}
+    assert "evicting" in orch.log() and '"model": "b"' in orch.log()
+
+
+def test_model_that_cannot_fit_fails_at_once_with_507(orchestrator):
+    orch = orchestrator(
+        {
+            "settings": {"memory_budget_gb": 10},
+            "models": {"small": fake_model(memory_gb=4, pinned=True), "huge": fake_model(memory_gb=8)},
+        }
+    )
+    with orch.client() as client:
+        assert chat(client, "small").status_code == 200
+        began = time.monotonic()
+        response = chat(client, "huge")
+        assert time.monotonic() - began < 1.0
+    assert response.status_code == 507
+    error = response.json()["error"]
+    assert error["code"] == "insufficient_memory"
+    assert "needs 8 GB" in error["message"] and "pinned" in error["message"]
+    assert orch.services()["small"]["state"] == "ready"  # nothing evicted for nothing
+
+
+def test_service_that_never_becomes_healthy_times_out_and_backs_off(orchestrator):
+    orch = orchestrator({"models": {"stuck": fake_model("--never-ready", startup_timeout=1.5)}})
+    with orch.client() as client:
+        first = chat(client, "stuck")
+        assert first.status_code == 503
+        assert "did not become healthy within 1.5 s" in first.json()["error"]["message"]
+        assert wait_until(lambda: not instance_processes(orch.state_dir), 5)
+        # An immediate retry is refused without starting another process.
+        second = chat(client, "stuck")
+    assert second.status_code == 503
+    assert int(second.headers["retry-after"]) >= 1
+    assert orch.services()["stuck"]["starts"] == 1
+
+
+def test_load_failure_reason_reaches_the_client(orchestrator):
+    orch = orchestrator({"models": {"broken": fake_model("--fail-load")}})
+    with orch.client() as client:
+        response = chat(client, "broken")
+    assert response.status_code == 503
+    message = response.json()["error"]["message"]
+    assert "exited with code 3" in message
+    assert "weights are corrupt" in message
+
+
+def test_missing_command_is_a_clear_load_error(orchestrator):
+    orch = orchestrator({"models": {"m": {"engine": "command", "cmd": "/nonexistent/server --port ${PORT}"}}})
+    with orch.client() as client:
+        response = chat(client, "m")
+    assert response.status_code == 503
+    assert "cannot execute '/nonexistent/server'" in response.json()["error"]["message"]
+
+
+def test_crash_mid_stream_ends_with_error_event_and_next_request_restarts(orchestrator):
+    orch = orchestrator({"models": {"m": fake_model("--chunks 8 --crash-after-chunks 2")}})
+    with orch.client() as client:
+        with client.stream("POST", "/v1/chat/completions", json={"model": "m", "stream": True, **CHAT}) as stream:
+            assert stream.status_code == 200
+            body = "".join(stream.iter_text())
+        assert body.count('"chat.completion.chunk"') == 2
+        assert '"upstream_failed"' in body and "failed mid-stream" in body
+        assert wait_until(lambda: orch.services()["m"]["state"] == "failed", 5)
+        assert "exited unexpectedly" in orch.services()["m"]["last_error"]
+        # Non-streamed answers do not crash this fake: the restart serves it.
+        response = chat(client, "m")
+    assert response.status_code == 200
+    assert orch.services()["m"]["starts"] == 2
+
+
+def test_client_disconnect_cancels_the_upstream_request(orchestrator):
+    orch = orchestrator({"models": {"m": fake_model("--chunks 40 --chunk-delay-ms 50")}})
+    with orch.client() as client:
+        with client.stream("POST", "/v1/chat/completions", json={"model": "m", "stream": True, **CHAT}) as stream:
+            lines = stream.iter_lines()
+            assert next(lines).startswith("data: ")
+        # leaving the block closes the connection after one chunk
+    service = orch.service_url("m")
+    assert wait_until(lambda: httpx.get(service + "/stats").json()["cancelled"] == 1, 5)
+    assert httpx.get(service + "/stats").json()["completed"] == 0
+    assert wait_until(lambda: orch.services()["m"]["in_flight"] == 0, 5)
+
+
+def test_unload_stops_the_whole_process_group_even_when_sigterm_is_ignored(orchestrator):
+    orch = orchestrator(
+        {"settings": {"shutdown_grace": 1}, "models": {"m": fake_model("--ignore-sigterm --spawn-child")}}
+    )
+    with orch.client() as client:
+        assert chat(client, "m").status_code == 200
+        health = httpx.get(orch.service_url("m") + "/health").json()
+        pids = [health["pid"], health["child_pid"]]
+        assert all(psutil.pid_exists(pid) for pid in pids)
+        response = client.post("/admin/services/m/unload")
+    assert response.status_code == 200 and response.json()["state"] == "stopped"
+    assert wait_until(lambda: not any(_alive(pid) for pid in pids), 5)
+    assert instance_processes(orch.state_dir) == []
+
+
+def test_sigkilled_orchestrator_leaves_no_service_running(orchestrator):
+    orch = orchestrator({"models": {"a": fake_model("--spawn-child"), "b": fake_model()}})
+    with orch.client() as client:
+        assert chat(client, "a").status_code == 200
+        assert chat(client, "b").status_code == 200
+    assert len(instance_processes(orch.state_dir)) == 3  # a, its child, b
+    os.kill(orch.process.pid, signal.SIGKILL)
+    orch.process.wait()
+    assert wait_until(lambda: not instance_processes(orch.state_dir), 5), [
+        p.cmdline() for p in instance_processes(orch.state_dir)
+    ]
+
+
+def test_restarted_orchestrator_reaps_what_its_predecessor_left(orchestrator):
+    config = {"settings": {"shutdown_grace": 1}, "models": {"m": fake_model("--ignore-sigterm --spawn-child")}}
+    first = orchestrator(config)
+    with first.client() as client:
+        assert chat(client, "m").status_code == 200
+    # The worst case: the orchestrator and its reaper sidecar both die at once,
+    # and the service ignores the SIGTERM the kernel sends it.
+    for proc in psutil.Process(first.process.pid).children():
+        if "core.reaper" in " ".join(proc.cmdline()):
+            proc.kill()
+    os.kill(first.process.pid, signal.SIGKILL)
+    first.process.wait()
+    time.sleep(1.0)
+    assert instance_processes(first.state_dir), "the leftover should still be running here"
+    # A new orchestrator on the same state directory cleans up before serving.
+    second = orchestrator(config, state_dir=first.state_dir)
+    assert wait_until(lambda: not instance_processes(first.state_dir), 10)
+    assert "reaped" in second.log()
+
+
+def test_idle_service_is_unloaded_after_its_ttl(orchestrator):
+    orch = orchestrator({"models": {"m": fake_model(ttl=1)}})
+    with orch.client() as client:
+        assert chat(client, "m").status_code == 200
+    assert wait_until(lambda: orch.services()["m"]["state"] == "stopped", 5)
+    assert instance_processes(orch.state_dir) == []
+
+
+def test_concurrency_limit_queues_then_rejects_with_429(orchestrator):
+    orch = orchestrator(
+        {"models": {"m": fake_model("--response-delay-ms 300", max_concurrency=1, max_queue=2)}}
+    )
+    with orch.client() as client:
+        assert chat(client, "m").status_code == 200  # loaded
+
+    def one(_: int) -> httpx.Response:
+        with orch.client() as client:
+            return chat(client, "m")
+
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(one, range(6)))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses.count(200) == 3  # one running, two queued
+    assert statuses.count(429) == 3
+    rejected = next(r for r in responses if r.status_code == 429)
+    assert rejected.json()["error"]["code"] == "queue_full" and "retry-after" in rejected.headers
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
