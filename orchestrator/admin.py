@@ -75,9 +75,12 @@ def build_admin_router() -> APIRouter:
         return describe(service)
 
     @router.post("/services/{model_id:path}/unload")
-    async def unload_service(request: Request, model_id: str) -> dict[str, Any]:
+    async def unload_service(
+        request: Request, model_id: str, drain: float = Query(30.0, ge=0, le=3600)
+    ) -> dict[str, Any]:
+        """Stop a service after its in-flight requests finish (at most `drain` seconds)."""
         service = service_of(request, model_id)
-        await scheduler_of(request).unload(service.id)
+        await scheduler_of(request).unload(service.id, drain=drain)
         return describe(service)
 
     @router.get("/services/{model_id:path}")

@@ -191,8 +191,19 @@ class Scheduler:
                 if service.state is State.FAILED and now < service.retry_at:
                     raise self._unavailable(service)
                 service.load_task = asyncio.create_task(self._load(service))
-            # shield: one waiter giving up must not cancel the load for the others
-            await asyncio.shield(service.load_task)
+            task = service.load_task
+            try:
+                # shield: one waiter giving up must not cancel the load for the others
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if task.cancelled() and not (current and current.cancelling()):
+                    # The load itself was cancelled (unload, shutdown), not this request.
+                    raise ServiceError(
+                        503, f"model '{service.id}' was unloaded while it was starting", code="model_unloaded",
+                        retry_after=1,
+                    ) from None
+                raise
 
     def _unavailable(self, service: Service) -> ServiceError:
         wait = max(0.0, service.retry_at - time.monotonic())
@@ -257,12 +268,16 @@ class Scheduler:
         self._notify()
 
     async def _fail_load(self, service: Service, exc: BaseException) -> None:
-        reason = exc.message if isinstance(exc, ServiceError) else str(exc) or type(exc).__name__
-        if isinstance(exc, asyncio.CancelledError):
-            reason = "the load was cancelled"
         if service.process is not None:
             await service.process.stop(self.settings.shutdown_grace)
         service.process = None
+        if isinstance(exc, asyncio.CancelledError):
+            # Unloaded or shutting down on purpose: not a failure to back off from.
+            service.state = State.STOPPED
+            service.stopped.set()
+            self._notify()
+            return
+        reason = exc.message if isinstance(exc, ServiceError) else str(exc) or type(exc).__name__
         service.failures += 1
         service.retry_at = time.monotonic() + min(2.0 ** (service.failures - 1), MAX_BACKOFF)
         service.last_error = reason
@@ -318,8 +333,18 @@ class Scheduler:
 
     # --- stopping -------------------------------------------------------------
 
-    async def unload(self, model_id: str) -> None:
+    async def unload(self, model_id: str, drain: float = 0.0) -> None:
+        """Stop model_id. With drain, first wait up to that many seconds for its
+        in-flight requests to finish; whatever is still running then fails."""
         service = self.services[model_id]
+        if drain and service.state is State.READY and service.in_flight:
+            deadline = time.monotonic() + drain
+            async with self._changed:
+                while service.in_flight and service.state is State.READY and time.monotonic() < deadline:
+                    try:
+                        await asyncio.wait_for(self._changed.wait(), timeout=deadline - time.monotonic())
+                    except asyncio.TimeoutError:
+                        break
         if service.load_task is not None and not service.load_task.done():
             service.load_task.cancel()
             try:
@@ -337,7 +362,13 @@ class Scheduler:
         # Mark first, before any await, so no request sees READY for a dying service.
         service.state = State.STOPPING
         service.stopped.clear()
-        process = service.process
+        # A stop, once begun, finishes even if whoever asked for it is cancelled.
+        task = asyncio.create_task(self._finish_stop(service, service.process))
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+        await asyncio.shield(task)
+
+    async def _finish_stop(self, service: Service, process: ServiceProcess | None) -> None:
         if process is not None:
             code = await process.stop(self.settings.shutdown_grace)
             log_event(log, "service stopped", model=service.id, pid=process.pid, exit_code=code)

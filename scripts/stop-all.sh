@@ -13,16 +13,19 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+# Running, and not a zombie waiting for its parent to collect it.
+alive() { kill -0 "$1" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
+
 lock="$STATE_DIR/orchestrator.lock"
 pid="$(cat "$lock" 2>/dev/null || true)"
-if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+if [ -z "$pid" ] || ! alive "$pid"; then
   say "no orchestrator is running for $STATE_DIR"
   exit 0
 fi
 say "stopping the orchestrator (pid $pid); in-flight requests may finish"
 kill -TERM "$pid"
 for ((i = 0; i < TIMEOUT * 10; i++)); do
-  kill -0 "$pid" 2>/dev/null || { say "stopped"; exit 0; }
+  alive "$pid" || { say "stopped"; exit 0; }
   sleep 0.1
 done
 say "still running after ${TIMEOUT}s: killing it (its reaper stops the services)"

@@ -120,21 +120,39 @@ def start_orchestrator(
     return orch
 
 
-@pytest.fixture
-def orchestrator(tmp_path: Path) -> Iterator[Any]:
-    """start(config) -> Orchestrator; stops them all afterwards and checks
-    that no process of theirs is left behind."""
-    started: list[Orchestrator] = []
+class OrchestratorPool:
+    """Starts orchestrators for a test (or a module) and, at the end, stops
+    them all and checks that no process of theirs is left behind."""
 
-    def start(config: dict[str, Any], **kwargs: Any) -> Orchestrator:
-        orch = start_orchestrator(tmp_path, config, name=f"orch{len(started)}", **kwargs)
-        started.append(orch)
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.started: list[Orchestrator] = []
+
+    def start(self, config: dict[str, Any], **kwargs: Any) -> Orchestrator:
+        orch = start_orchestrator(self.tmp_path, config, name=f"orch{len(self.started)}", **kwargs)
+        self.started.append(orch)
         return orch
 
-    yield start
-    for orch in started:
-        orch.stop()
-    for orch in started:
-        assert wait_until(lambda: not instance_processes(orch.state_dir), 10), (
-            f"processes left behind: {[p.cmdline() for p in instance_processes(orch.state_dir)]}"
-        )
+    def close(self) -> None:
+        for orch in self.started:
+            orch.stop()
+        for orch in self.started:
+            assert wait_until(lambda: not instance_processes(orch.state_dir), 10), (
+                f"processes left behind: {[p.cmdline() for p in instance_processes(orch.state_dir)]}"
+            )
+
+
+@pytest.fixture
+def orchestrator(tmp_path: Path) -> Iterator[Any]:
+    """start(config) -> Orchestrator, for one test."""
+    pool = OrchestratorPool(tmp_path)
+    yield pool.start
+    pool.close()
+
+
+@pytest.fixture(scope="module")
+def module_orchestrator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """start(config) -> Orchestrator, shared by a module's tests."""
+    pool = OrchestratorPool(tmp_path_factory.mktemp("module"))
+    yield pool.start
+    pool.close()

@@ -211,3 +211,31 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def test_unload_during_startup_answers_waiting_requests_with_503(orchestrator):
+    orch = orchestrator({"models": {"slow": fake_model("--startup-delay 3")}})
+    with ThreadPoolExecutor(3) as pool, orch.client() as client:
+        waiting = [pool.submit(lambda: chat(orch.client(), "slow")) for _ in range(3)]
+        assert wait_until(lambda: orch.services()["slow"]["state"] == "starting", 5)
+        assert client.post("/admin/services/slow/unload").json()["state"] == "stopped"
+        responses = [f.result(timeout=10) for f in waiting]
+    for response in responses:
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "model_unloaded"
+    assert instance_processes(orch.state_dir) == []
+    with orch.client() as client:  # no backoff after a deliberate unload
+        assert chat(client, "slow").status_code == 200
+
+
+def test_unload_lets_in_flight_requests_finish(orchestrator):
+    orch = orchestrator({"models": {"m": fake_model("--response-delay-ms 1500")}})
+    with orch.client() as client:
+        assert client.post("/admin/services/m/load").status_code == 200
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(lambda: chat(orch.client(), "m"))
+        assert wait_until(lambda: orch.services()["m"]["in_flight"] == 1, 5)
+        with orch.client() as client:
+            unloaded = client.post("/admin/services/m/unload?drain=10")
+        assert running.result(timeout=10).status_code == 200
+    assert unloaded.json()["state"] == "stopped"

@@ -10,9 +10,9 @@ from tests.conftest import fake_model
 MESSAGES = [{"role": "user", "content": "hello"}]
 
 
-@pytest.fixture
-def orch(orchestrator):
-    return orchestrator(
+@pytest.fixture(scope="module")
+def orch(module_orchestrator):
+    return module_orchestrator(
         {
             "settings": {"max_request_mb": 0.01},
             "models": {

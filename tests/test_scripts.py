@@ -1,0 +1,42 @@
+"""The scripts a user runs: stop-all.sh and the install script's argument handling."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from tests.conftest import ROOT, fake_model, instance_processes
+
+
+def run_script(name: str, *args: str, state_dir=None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if state_dir is not None:
+        env["MODELYARD_STATE_DIR"] = str(state_dir)
+    return subprocess.run(["bash", f"scripts/{name}", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_stop_all_stops_the_orchestrator_and_its_services(orchestrator):
+    orch = orchestrator({"models": {"m": fake_model("--spawn-child")}})
+    with orch.client() as client:
+        assert client.post("/admin/services/m/load").status_code == 200
+    assert len(instance_processes(orch.state_dir)) == 2
+    result = run_script("stop-all.sh", state_dir=orch.state_dir)
+    assert result.returncode == 0, result.stderr
+    assert "stopped" in result.stderr
+    # uvicorn re-raises SIGTERM after its graceful shutdown; never a SIGKILL here
+    assert orch.process.wait(timeout=5) in (0, -15)
+    assert '"msg": "service stopped", "model": "m"' in orch.log()  # stopped by the orchestrator itself
+    assert instance_processes(orch.state_dir) == []
+
+
+def test_stop_all_with_nothing_running_says_so(tmp_path):
+    result = run_script("stop-all.sh", state_dir=tmp_path)
+    assert result.returncode == 0
+    assert "no orchestrator is running" in result.stderr
+
+
+def test_scripts_reject_unknown_arguments_with_usage(tmp_path):
+    for script in ("install.sh", "stop-all.sh"):
+        result = run_script(script, "--bogus", state_dir=tmp_path)
+        assert result.returncode == 2, script
+        assert "usage" in result.stderr.lower() or "unknown argument" in result.stderr
