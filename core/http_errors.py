@@ -5,6 +5,7 @@ never as a traceback."""
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,13 +17,17 @@ from core.errors import ServiceError, error_body
 
 log = logging.getLogger("modelyard.http")
 
+# pydantic names the union member an error came from in the location
+# (("prompt", "list[str]"), ("stream", "bool")); clients want the field only.
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|list|dict|[a-z-]+\[.*\])$")
+
 
 def describe_validation(errors: list[Any]) -> tuple[str, str | None]:
     """The first pydantic problem as (message, param) for an OpenAI error."""
     if not errors:
         return "invalid request", None
     first = errors[0]
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _UNION_TAG.match(str(p))]
     param = ".".join(loc) or None
     msg = first.get("msg", "invalid value")
     if first.get("type") == "json_invalid":

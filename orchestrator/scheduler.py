@@ -115,6 +115,7 @@ class Scheduler:
         self._session: aiohttp.ClientSession | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._watchers: set[asyncio.Task[None]] = set()
+        self._waiting = 0  # coroutines waiting on _changed; no notify work without them
         self.closing = False
 
     # --- lifecycle ----------------------------------------------------------
@@ -325,11 +326,7 @@ class Scheduler:
                     code="memory_busy",
                     retry_after=5,
                 )
-            async with self._changed:
-                try:
-                    await asyncio.wait_for(self._changed.wait(), timeout=remaining)
-                except asyncio.TimeoutError:
-                    pass
+            await self._wait_for_change(remaining)
 
     # --- stopping -------------------------------------------------------------
 
@@ -337,14 +334,9 @@ class Scheduler:
         """Stop model_id. With drain, first wait up to that many seconds for its
         in-flight requests to finish; whatever is still running then fails."""
         service = self.services[model_id]
-        if drain and service.state is State.READY and service.in_flight:
-            deadline = time.monotonic() + drain
-            async with self._changed:
-                while service.in_flight and service.state is State.READY and time.monotonic() < deadline:
-                    try:
-                        await asyncio.wait_for(self._changed.wait(), timeout=deadline - time.monotonic())
-                    except asyncio.TimeoutError:
-                        break
+        deadline = time.monotonic() + drain
+        while service.in_flight and service.state is State.READY and time.monotonic() < deadline:
+            await self._wait_for_change(deadline - time.monotonic())
         if service.load_task is not None and not service.load_task.done():
             service.load_task.cancel()
             try:
@@ -406,7 +398,21 @@ class Scheduler:
                     log_event(log, "unloading idle service", model=service.id, idle_seconds=round(now - service.last_used))
                     await self._stop(service)
 
+    async def _wait_for_change(self, timeout: float) -> None:
+        """Wait until a service changes state or goes idle, at most timeout s."""
+        self._waiting += 1
+        try:
+            async with self._changed:
+                await asyncio.wait_for(self._changed.wait(), timeout=max(0.0, timeout))
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._waiting -= 1
+
     def _notify(self) -> None:
+        if not self._waiting:
+            return
+
         async def notify() -> None:
             async with self._changed:
                 self._changed.notify_all()

@@ -74,6 +74,7 @@ def test_every_proxied_answer_carries_request_id_and_overhead(orch):
         ("/v1/chat/completions", {"model": "chatty", "messages": MESSAGES, "stream": "yes"}, 400, "invalid_request", "stream"),
         ("/v1/chat/completions", {"model": "chatty", "messages": MESSAGES, "temperature": 9}, 400, "invalid_request", "temperature"),
         ("/v1/completions", {"model": "chatty"}, 400, "invalid_request", "prompt"),
+        ("/v1/completions", {"model": "chatty", "prompt": 42}, 400, "invalid_request", "prompt: "),
         ("/v1/embeddings", {"model": "encoder"}, 400, "invalid_request", "input"),
         ("/v1/embeddings", {"model": "chatty", "input": "x"}, 400, "wrong_model_type", "not served on /v1/embeddings"),
         ("/v1/chat/completions", {"model": "encoder", "messages": MESSAGES}, 400, "wrong_model_type", "embedding model"),
@@ -87,6 +88,8 @@ def test_bad_requests_get_precise_openai_errors(orch, route, body, status, code,
     assert error["code"] == code
     assert fragment in error["message"]
     assert set(error) == {"message", "type", "param", "code"}
+    if code == "invalid_request":  # param names the client's field, never a pydantic type tag
+        assert error["param"] and "[" not in error["param"] and not error["param"].endswith((".str", ".int"))
 
 
 @pytest.mark.parametrize(
