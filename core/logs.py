@@ -18,6 +18,10 @@ _SECRET_PATTERNS = [
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
     re.compile(r"(?i)((?:api[_-]?key|token|secret|password)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"),
     re.compile(r"\b(sk-)[A-Za-z0-9_-]{8,}"),
+    # command-line flags: --api-key VALUE, --hf-token VALUE, --password=VALUE
+    re.compile(
+        r"(?i)(--(?:[a-z0-9]+[-_])*(?:api[-_]?key|token|secret|password)(?:[-_][a-z0-9]+)*[\s=]+[\"']?)[^\s\"']+"
+    ),
 ]
 
 

@@ -15,6 +15,7 @@ import ctypes
 import logging
 import logging.handlers
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -26,6 +27,8 @@ from pathlib import Path
 
 import aiohttp
 import psutil
+
+from core.logs import redact
 
 log = logging.getLogger("modelyard.process")
 
@@ -113,7 +116,8 @@ class ServiceProcess:
         loop = asyncio.get_running_loop()
         self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.spec.log_path.open("a") as marker:
-            marker.write(f"--- modelyard: starting {self.name}: {' '.join(self.spec.argv)}\n")
+            # The command line may carry an upstream's API key: never log it in clear.
+            marker.write(f"--- modelyard: starting {self.name}: {redact(shlex.join(self.spec.argv))}\n")
         try:
             self._popen = subprocess.Popen(
                 self.spec.argv,

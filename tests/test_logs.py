@@ -1,0 +1,41 @@
+"""Secrets never reach a log line: what core.logs.redact hides."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from core.logs import JsonFormatter, redact
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("vllm serve --api-key hunter2hunter2 --port 8000", "hunter2hunter2"),
+        ("server --hf-token=hf_abcdefghijkl", "hf_abcdefghijkl"),
+        ("server --password 's3cret'", "s3cret"),
+        ("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.payload.sig", "eyJhbGciOiJIUzI1NiJ9"),
+        ('{"api_key": "abc123def456"}', "abc123def456"),
+        ("key sk-proj-0123456789abcdef in a sentence", "0123456789abcdef"),
+        ("token=xyz789xyz789", "xyz789xyz789"),
+    ],
+)
+def test_secrets_are_redacted(text, secret):
+    out = redact(text)
+    assert secret not in out
+    assert "[REDACTED]" in out
+
+
+def test_ordinary_text_is_left_alone():
+    text = "python server.py --port 8000 --model-path /models/x --max-tokens 16"
+    assert redact(text) == text
+
+
+def test_json_log_lines_redact_message_and_fields():
+    record = logging.makeLogRecord({"msg": "calling with --api-key topsecret1", "levelno": 20, "levelname": "INFO"})
+    record.fields = {"header": "Bearer abcdefghijkl", "count": 3}
+    line = json.loads(JsonFormatter("test").format(record))
+    assert "topsecret1" not in line["msg"] and "abcdefghijkl" not in line["header"]
+    assert line["count"] == 3 and line["service"] == "test"
