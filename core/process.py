@@ -59,7 +59,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # Runs in the child between fork and exec: ask the kernel to SIGTERM us
     # when the orchestrator (the forking thread's process) dies.
     try:
@@ -127,7 +127,7 @@ class ServiceProcess:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - one syscall, no locks taken
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - one syscall, no locks taken
             )
         except OSError as exc:
             raise StartupError(f"cannot execute {self.spec.argv[0]!r}: {exc.strerror}") from None

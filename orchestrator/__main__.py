@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import subprocess
 import sys
@@ -98,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     start_reaper(instance)
 
     app = create_app(config, instance)
+    # Everything built so far lives as long as the process: keep it out of the
+    # collector's full passes, which otherwise cost 30-50 ms pauses (bench p99).
+    gc.collect()
+    gc.freeze()
     server = uvicorn.Server(
         uvicorn.Config(
             app,

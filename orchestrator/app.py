@@ -1,79 +1,37 @@
-"""The orchestrator's FastAPI app: one OpenAI-compatible endpoint.
+"""The orchestrator's ASGI application: the OpenAI endpoint (endpoint.py) in
+front of a FastAPI app for everything else (models list, health, admin).
 
-A request flows: read body (size limit) -> parse and validate -> resolve the
-model name -> scheduler lease (starts the service if needed) -> proxy.
+A proxied request flows: read body (size limit) -> parse and validate ->
+resolve the model name -> scheduler lease (starts the service if needed) ->
+proxy.
 """
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import orjson
-from fastapi import FastAPI, Request
-from pydantic import BaseModel, ValidationError
-from starlette.responses import JSONResponse, Response
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from starlette.responses import JSONResponse
 
 from core.config import Config
 from core.engines import launch_spec
-from core.errors import ServiceError
-from core.http_errors import describe_validation, install_error_handlers
-from core.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from core.http_errors import install_error_handlers
 from orchestrator.admin import build_admin_router
+from orchestrator.endpoint import ROUTES, OpenAIEndpoint
 from orchestrator.proxy import Proxy
 from orchestrator.registry import Registry
 from orchestrator.scheduler import Scheduler
 
-ROUTES: dict[str, type[BaseModel]] = {
-    "/v1/chat/completions": ChatCompletionRequest,
-    "/v1/completions": CompletionRequest,
-    "/v1/embeddings": EmbeddingRequest,
-}
 
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing anything over limit bytes with 413."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ServiceError(413, f"request body is {int(declared)} bytes; the limit is {limit}", code="body_too_large")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ServiceError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def parse_request(body: bytes, schema: type[BaseModel]) -> dict[str, Any]:
-    """JSON object validated against the route's schema; 400 naming the field."""
-    if not body:
-        raise ServiceError(400, "request body is empty; send a JSON object", code="invalid_json")
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ServiceError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(payload, dict):
-        raise ServiceError(400, "request body must be a JSON object", code="invalid_json")
-    try:
-        schema.model_validate(payload)
-    except ValidationError as exc:
-        message, param = describe_validation(list(exc.errors()))
-        raise ServiceError(400, message, code="invalid_request", param=param) from None
-    return payload
-
-
-def create_app(config: Config, instance: str) -> FastAPI:
+def create_app(config: Config, instance: str) -> OpenAIEndpoint:
     registry = Registry(config)
     scheduler = Scheduler(
         config, lambda model_id, model, port: launch_spec(model_id, model, port, config, instance)
     )
     proxy = Proxy(config.settings.upstream_timeout)
-    body_limit = int(config.settings.max_request_mb * 1024 * 1024)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -91,32 +49,6 @@ def create_app(config: Config, instance: str) -> FastAPI:
     app.state.ready = False
     install_error_handlers(app, "orchestrator")
     app.include_router(build_admin_router())
-
-    async def openai_route(request: Request) -> Response:
-        began = time.perf_counter()
-        route = request.scope["path"]
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        try:
-            body = await read_body(request, body_limit)
-            payload = parse_request(body, ROUTES[route])
-            model_id, model = registry.resolve(payload["model"], route)
-            upstream_name = model.served_name or model_id
-            if payload["model"] != upstream_name:
-                payload["model"] = upstream_name
-                body = orjson.dumps(payload)
-            lease = await scheduler.acquire(model_id)
-        except ServiceError as exc:
-            return JSONResponse(exc.body(), exc.status, headers={**exc.headers(), "x-request-id": request_id})
-        return await proxy.forward(lease, route, body, request_id, began)
-
-    for path, schema in ROUTES.items():
-        app.add_api_route(
-            path,
-            openai_route,
-            methods=["POST"],
-            summary=f"OpenAI-compatible {path.removeprefix('/v1/')}",
-            description=f"Body: {schema.__name__} (OpenAI wire format); forwarded to the model's service.",
-        )
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
@@ -147,4 +79,28 @@ def create_app(config: Config, instance: str) -> FastAPI:
         ok = bool(app.state.ready) and not scheduler.closing
         return JSONResponse({"status": "ready" if ok else "not ready"}, status_code=200 if ok else 503)
 
-    return app
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema plus the routes the OpenAI endpoint serves itself."""
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for path, model in ROUTES.items():
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components[model.__name__] = body
+                schema["paths"][path] = {
+                    "post": {
+                        "summary": f"OpenAI-compatible {path.removeprefix('/v1/')}",
+                        "requestBody": {
+                            "required": True,
+                            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+                        },
+                        "responses": {"200": {"description": "the model's answer (JSON, or SSE when stream is true)"}},
+                    }
+                }
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    body_limit = int(config.settings.max_request_mb * 1024 * 1024)
+    return OpenAIEndpoint(app, registry, scheduler, proxy, body_limit)

@@ -1,9 +1,12 @@
-"""Forwards a request to a service and its answer back, streaming bytes as they
-arrive. Never decides placement: it gets a lease from the scheduler.
+"""Forwards a request to a service and its answer back to the client, writing
+straight to the ASGI connection as chunks arrive. Never decides placement: it
+gets a lease from the scheduler.
 
 aiohttp's client sits on the hot path because it was measured: on this machine
 it drove a trivial server at about 12,000 requests/s where httpx managed 379
-(../shared/ENVIRONMENT.md); scripts/bench.sh reports our own figures.
+(../shared/ENVIRONMENT.md). Responses are written with ASGI send() rather than
+a framework response class: per chunk that saves the work that made 256 paced
+streams miss their time-to-first-chunk target (scripts/bench.sh).
 """
 
 from __future__ import annotations
@@ -11,21 +14,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import orjson
-from starlette.responses import Response, StreamingResponse
 
 from core.errors import error_body
 from orchestrator.scheduler import Lease
 
 log = logging.getLogger("modelyard.proxy")
 
-OVERHEAD_HEADER = "x-modelyard-overhead-ms"
-LOAD_HEADER = "x-modelyard-load-ms"
+OVERHEAD_HEADER = b"x-modelyard-overhead-ms"
+LOAD_HEADER = b"x-modelyard-load-ms"
 # Hop-by-hop and recomputed headers are not copied from the upstream answer.
 _SKIP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"}
+
+Send = Any  # the ASGI send callable
+
+
+async def send_json(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
+    data = orjson.dumps(body)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
 
 
 class Proxy:
@@ -45,68 +61,80 @@ class Proxy:
             await self.session.close()
 
     async def forward(
-        self, lease: Lease, path: str, body: bytes, request_id: str, began: float
-    ) -> Response:
-        """Send body to the leased service; the lease is released when the
-        answer (or the stream) is over, whatever happens."""
+        self, lease: Lease, path: str, body: bytes, request_id: bytes, began: float, send: Send
+    ) -> None:
+        """Send body to the leased service and relay its answer to the client.
+
+        The lease is released when the answer is over, whatever happens. If the
+        client goes away, the caller cancels us; closing the upstream
+        connection then tells the service to stop working on it.
+        """
         assert self.session is not None
-        headers = {"content-type": "application/json", "x-request-id": request_id}
-        sent = time.perf_counter()
+        model = lease.service.id
+        # Our own time: before the upstream call (less waiting for the model),
+        # plus from having the upstream's answer to passing it on.
+        before = time.perf_counter() - began - lease.waited
+        upstream: aiohttp.ClientResponse | None = None
+        clean = False
         try:
-            upstream = await self.session.post(lease.url + path, data=body, headers=headers)
-        except asyncio.TimeoutError:
-            lease.release()
-            return _error(504, f"model '{lease.service.id}' did not answer within {self.upstream_timeout:g} s", "upstream_timeout", request_id)
-        except (aiohttp.ClientError, OSError) as exc:
-            lease.release()
-            return _error(502, f"model '{lease.service.id}' could not be reached: {_reason(exc)}", "upstream_unreachable", request_id)
-        except BaseException:
-            lease.release()
-            raise
-        upstream_wait = time.perf_counter() - sent
-        out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _SKIP_HEADERS}
-        out_headers["x-request-id"] = request_id
-        out_headers[LOAD_HEADER] = f"{lease.waited * 1000:.1f}"
-
-        if not upstream.content_type.startswith("text/event-stream"):
             try:
-                data = await upstream.read()
+                upstream = await self.session.post(
+                    lease.url + path,
+                    data=body,
+                    headers={"content-type": "application/json", "x-request-id": request_id.decode()},
+                )
+            except asyncio.TimeoutError:
+                await self._error(send, 504, f"model '{model}' did not answer within {self.upstream_timeout:g} s", "upstream_timeout", request_id)
+                return
+            except (aiohttp.ClientError, OSError) as exc:
+                await self._error(send, 502, f"model '{model}' could not be reached: {_reason(exc)}", "upstream_unreachable", request_id)
+                return
+            answered = time.perf_counter()
+            headers = [
+                (k.lower().encode(), v.encode())
+                for k, v in upstream.headers.items()
+                if k.lower() not in _SKIP_HEADERS
+            ]
+            headers += [(b"x-request-id", request_id), (LOAD_HEADER, f"{lease.waited * 1000:.1f}".encode())]
+
+            if not upstream.content_type.startswith("text/event-stream"):
+                try:
+                    data = await upstream.read()
+                    answered = time.perf_counter()
+                except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                    await self._error(send, 502, f"model '{model}' failed while answering: {_reason(exc)}", "upstream_failed", request_id)
+                    return
+                clean = True
+                own = before + time.perf_counter() - answered
+                headers += [(OVERHEAD_HEADER, f"{own * 1000:.3f}".encode()), (b"content-length", str(len(data)).encode())]
+                await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+                await send({"type": "http.response.body", "body": data})
+                return
+
+            own = before + time.perf_counter() - answered
+            headers.append((OVERHEAD_HEADER, f"{own * 1000:.3f}".encode()))
+            await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+            try:
+                async for chunk in upstream.content.iter_any():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                clean = True
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-                return _error(502, f"model '{lease.service.id}' failed while answering: {_reason(exc)}", "upstream_failed", request_id)
-            finally:
-                upstream.release()
-                lease.release()
-            upstream_time = time.perf_counter() - sent
-            overhead = time.perf_counter() - began - upstream_time - lease.waited
-            out_headers[OVERHEAD_HEADER] = f"{overhead * 1000:.3f}"
-            return Response(data, status_code=upstream.status, headers=out_headers)
+                # The service died or stalled mid-stream: say so rather than cut the body.
+                log.warning("stream from %s broke: %s", model, _reason(exc), extra={"fields": {"request_id": request_id.decode()}})
+                event = error_body(502, f"model '{model}' failed mid-stream: {_reason(exc)}", "upstream_failed")
+                await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(event) + b"\n\n", "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            if upstream is not None:
+                if clean:
+                    upstream.release()
+                else:
+                    upstream.close()  # drop the connection: the upstream sees the disconnect
+            lease.release()
 
-        overhead = time.perf_counter() - began - upstream_wait - lease.waited
-        out_headers[OVERHEAD_HEADER] = f"{overhead * 1000:.3f}"
-        return StreamingResponse(
-            _relay(upstream, lease, request_id), status_code=upstream.status, headers=out_headers
-        )
-
-
-async def _relay(upstream: aiohttp.ClientResponse, lease: Lease, request_id: str) -> AsyncIterator[bytes]:
-    """Yield upstream chunks as they come. If the client goes away, Starlette
-    cancels us and closing the connection tells the service to stop. If the
-    service dies mid-stream, the client gets an error event, not a cut body."""
-    clean = False
-    try:
-        async for chunk in upstream.content.iter_any():
-            yield chunk
-        clean = True
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-        log.warning("stream from %s broke: %s", lease.service.id, _reason(exc), extra={"fields": {"request_id": request_id}})
-        event = error_body(502, f"model '{lease.service.id}' failed mid-stream: {_reason(exc)}", "upstream_failed")
-        yield b"data: " + orjson.dumps(event) + b"\n\n"
-    finally:
-        if clean:
-            upstream.release()
-        else:
-            upstream.close()  # drop the connection: the upstream sees the disconnect
-        lease.release()
+    @staticmethod
+    async def _error(send: Send, status: int, message: str, code: str, request_id: bytes) -> None:
+        await send_json(send, status, error_body(status, message, code), [(b"x-request-id", request_id)])
 
 
 def _reason(exc: BaseException) -> str:
@@ -114,12 +142,3 @@ def _reason(exc: BaseException) -> str:
         return "timed out"
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _error(status: int, message: str, code: str, request_id: str) -> Response:
-    return Response(
-        orjson.dumps(error_body(status, message, code)),
-        status_code=status,
-        media_type="application/json",
-        headers={"x-request-id": request_id},
-    )

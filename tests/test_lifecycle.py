@@ -239,3 +239,33 @@ def test_unload_lets_in_flight_requests_finish(orchestrator):
             unloaded = client.post("/admin/services/m/unload?drain=10")
         assert running.result(timeout=10).status_code == 200
     assert unloaded.json()["state"] == "stopped"
+
+
+def test_client_leaving_a_non_streamed_request_cancels_the_upstream_work(orchestrator):
+    orch = orchestrator({"models": {"m": fake_model("--response-delay-ms 5000")}})
+    with orch.client() as client:
+        assert client.post("/admin/services/m/load").status_code == 200
+    with orch.client(timeout=0.5) as client:
+        try:
+            chat(client, "m")
+            raise AssertionError("the request should have timed out on the client's side")
+        except httpx.ReadTimeout:
+            pass  # the client gives up and closes its connection
+    service = orch.service_url("m")
+    assert wait_until(lambda: httpx.get(service + "/stats").json()["cancelled"] == 1, 3)
+    assert httpx.get(service + "/stats").json()["completed"] == 0
+    assert wait_until(lambda: orch.services()["m"]["in_flight"] == 0, 3)
+
+
+def test_client_leaving_during_a_cold_start_does_not_disturb_the_load(orchestrator):
+    orch = orchestrator({"models": {"m": fake_model("--startup-delay 1.5")}})
+    with orch.client(timeout=0.3) as client:
+        try:
+            chat(client, "m")
+        except httpx.ReadTimeout:
+            pass
+    assert wait_until(lambda: orch.services()["m"]["state"] == "ready", 10)
+    assert orch.services()["m"]["in_flight"] == 0
+    with orch.client() as client:
+        assert chat(client, "m").status_code == 200
+    assert orch.services()["m"]["starts"] == 1

@@ -128,7 +128,8 @@ def test_admin_errors_are_openai_shaped(orch):
         unknown_path = client.get("/v2/whatever")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
     assert bad_lines.status_code == 400 and "lines" in bad_lines.json()["error"]["message"]
-    assert wrong_method.status_code == 405 and "error" in wrong_method.json()
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert wrong_method.json()["error"]["code"] == "method_not_allowed"
     assert unknown_path.status_code == 404 and "error" in unknown_path.json()
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from fastapi import FastAPI  # noqa: E402
+from fastapi import FastAPI, Request  # noqa: E402
 
 from core.base_service import BaseService, sse_response  # noqa: E402
 from core.errors import ServiceError  # noqa: E402
@@ -99,12 +99,18 @@ class FakeService(BaseService):
             self.stats["cancelled"] += 1
             raise
 
-    async def _answer(self, model: str, text: str, chat: bool, stream: bool) -> Any:
+    async def _answer(self, model: str, text: str, chat: bool, stream: bool, request: Request | None = None) -> Any:
         self.stats["requests"] += 1
         if stream:
             return sse_response(self._stream(model, text, chat))
         if self.options.response_delay_ms:
-            await asyncio.sleep(self.options.response_delay_ms / 1000)
+            # Like a real engine, notice a client that leaves while we "generate".
+            deadline = time.monotonic() + self.options.response_delay_ms / 1000
+            while time.monotonic() < deadline:
+                if request is not None and await request.is_disconnected():
+                    self.stats["cancelled"] += 1
+                    return {}
+                await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
         content = "".join(self._words(text))
         self.stats["completed"] += 1
         usage = {"prompt_tokens": len(text.split()), "completion_tokens": len(content.split()),
@@ -116,13 +122,13 @@ class FakeService(BaseService):
         return {"id": completion_id("cmpl"), "object": "text_completion", "created": now(), "model": model,
                 "choices": [{"index": 0, "text": content, "finish_reason": "stop"}], "usage": usage}
 
-    async def chat(self, body: ChatCompletionRequest) -> Any:
+    async def chat(self, body: ChatCompletionRequest, request: Request) -> Any:
         last = body.messages[-1].content
-        return await self._answer(body.model, last if isinstance(last, str) else "", True, body.stream)
+        return await self._answer(body.model, last if isinstance(last, str) else "", True, body.stream, request)
 
-    async def completions(self, body: CompletionRequest) -> Any:
+    async def completions(self, body: CompletionRequest, request: Request) -> Any:
         prompt = body.prompt if isinstance(body.prompt, str) else " ".join(body.prompt)
-        return await self._answer(body.model, prompt, False, body.stream)
+        return await self._answer(body.model, prompt, False, body.stream, request)
 
     async def embeddings(self, body: EmbeddingRequest) -> Any:
         self.stats["requests"] += 1

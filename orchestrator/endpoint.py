@@ -1,0 +1,161 @@
+"""The OpenAI endpoint: a plain ASGI handler for the three proxied POST routes,
+in front of the FastAPI app that serves everything else.
+
+Why not FastAPI routes: per request, FastAPI and Starlette's routing,
+dependency solving and streaming response cost more CPU than the whole proxy
+(profiled; scripts/bench.sh shows the figures). This handler does the same
+job in a few steps: read the body under the size limit, validate it
+(core/protocol.py), resolve the model, get a lease from the scheduler, and let
+the proxy write the answer.
+
+It also watches the client: when the connection closes before the answer is
+complete, the request is cancelled, so a load wait is abandoned and the
+upstream connection is closed (the service stops generating).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from core.errors import ServiceError
+from core.http_errors import describe_validation
+from core.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from orchestrator.proxy import Proxy, send_json
+from orchestrator.registry import Registry
+from orchestrator.scheduler import Scheduler
+
+ROUTES: dict[str, type[BaseModel]] = {
+    "/v1/chat/completions": ChatCompletionRequest,
+    "/v1/completions": CompletionRequest,
+    "/v1/embeddings": EmbeddingRequest,
+}
+
+ASGIApp = Any
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its answer was complete."""
+
+
+def parse_request(body: bytes, schema: type[BaseModel]) -> dict[str, Any]:
+    """JSON object validated against the route's schema; 400 naming the field."""
+    if not body:
+        raise ServiceError(400, "request body is empty; send a JSON object", code="invalid_json")
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ServiceError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(payload, dict):
+        raise ServiceError(400, "request body must be a JSON object", code="invalid_json")
+    try:
+        schema.model_validate(payload)
+    except ValidationError as exc:
+        message, param = describe_validation(list(exc.errors()))
+        raise ServiceError(400, message, code="invalid_request", param=param) from None
+    return payload
+
+
+async def read_body(receive: Any, declared: int | None, limit: int) -> bytes:
+    """The request body, refusing anything over limit bytes with 413."""
+    if declared is not None and declared > limit:
+        raise ServiceError(413, f"request body is {declared} bytes; the limit is {limit}", code="body_too_large")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise ServiceError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+class OpenAIEndpoint:
+    def __init__(
+        self, app: ASGIApp, registry: Registry, scheduler: Scheduler, proxy: Proxy, body_limit: int
+    ) -> None:
+        self.app = app
+        self.registry = registry
+        self.scheduler = scheduler
+        self.proxy = proxy
+        self.body_limit = body_limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] in ROUTES:
+            if scope["method"] == "POST":
+                await self.handle(scope, receive, send)
+            else:
+                error = ServiceError(405, f"{scope['path']} accepts POST only", code="method_not_allowed")
+                await send_json(send, 405, error.body(), [(b"allow", b"POST")])
+        else:
+            await self.app(scope, receive, send)
+
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        began = time.perf_counter()
+        route = scope["path"]
+        request_id = b""
+        declared: int | None = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                request_id = value[:200]
+            elif name == b"content-length" and value.isdigit():
+                declared = int(value)
+        request_id = request_id or os.urandom(16).hex().encode()
+
+        try:
+            body = await read_body(receive, declared, self.body_limit)
+        except ServiceError as exc:
+            await self._error(send, exc, request_id)
+            return
+        except ClientGone:
+            return
+
+        # From here on the client's side of the connection only says one more
+        # thing: that it went away. Then this request is cancelled.
+        task = asyncio.current_task()
+        assert task is not None
+        state = {"gone": False, "done": False}
+
+        async def watch_client() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not state["done"]:
+                state["gone"] = True
+                task.cancel()
+
+        watcher = asyncio.create_task(watch_client())
+        try:
+            try:
+                payload = parse_request(body, ROUTES[route])
+                model_id, model = self.registry.resolve(payload["model"], route)
+                upstream_name = model.served_name or model_id
+                if payload["model"] != upstream_name:
+                    payload["model"] = upstream_name
+                    body = orjson.dumps(payload)
+                lease = await self.scheduler.acquire(model_id)
+            except ServiceError as exc:
+                await self._error(send, exc, request_id)
+                return
+            await self.proxy.forward(lease, route, body, request_id, began, send)
+        except asyncio.CancelledError:
+            if not state["gone"]:
+                raise
+            task.uncancel()  # cancelled by watch_client: the client left; nothing to answer
+        finally:
+            state["done"] = True
+            watcher.cancel()
+
+    @staticmethod
+    async def _error(send: Any, exc: ServiceError, request_id: bytes) -> None:
+        headers = [(b"x-request-id", request_id), *((k.lower().encode(), v.encode()) for k, v in exc.headers().items())]
+        await send_json(send, exc.status, exc.body(), headers)
