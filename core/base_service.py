@@ -166,7 +166,9 @@ def watch_parent(grace: float) -> None:
     (PR_SET_PDEATHSIG); this thread covers launchers where that does not reach
     us, and a restart of the orchestrator reaps anything left.
     """
-    expected = int(os.environ.get("MODELYARD_PARENT_PID", "0")) or os.getppid()
+    # Our actual parent: the orchestrator, or a launcher it started us through
+    # (which itself dies with the orchestrator).
+    expected = os.getppid()
 
     def watch() -> None:
         while os.getppid() == expected:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -110,6 +111,10 @@ class ModelConfig(_Strict):
                 raise ValueError("engine 'command' needs `cmd`, a command line containing ${PORT}")
             if "${PORT}" not in self.cmd:
                 raise ValueError("`cmd` must contain ${PORT}: the server has to listen where it is told")
+            try:
+                shlex.split(self.cmd)
+            except ValueError as exc:
+                raise ValueError(f"`cmd` cannot be split into arguments: {exc}") from None
         elif self.cmd:
             raise ValueError(f"`cmd` is only for engine 'command', not {self.engine!r}")
         if self.engine == "transformers" and not self.model:
@@ -122,14 +127,6 @@ class Settings(_Strict):
 
     host: str = Field("127.0.0.1", description="Address the orchestrator listens on.")
     port: int = Field(9000, ge=1, le=65535, description="Port of the one OpenAI-compatible endpoint.")
-    state_dir: str = Field(
-        "state",
-        description="Databases, logs, engine environments and prepared models. Relative paths "
-        "are taken from the modelyard checkout. MODELYARD_STATE_DIR overrides it.",
-    )
-    envs_dir: str | None = Field(
-        None, description="Engine virtual environments; default <state_dir>/envs. MODELYARD_ENVS_DIR overrides it."
-    )
     memory_budget_gb: float | None = Field(
         None, gt=0, description="Memory all services may hold together; null means no limit."
     )
@@ -166,17 +163,17 @@ class Config(_Strict):
                 owner[alias] = model_id
         return self
 
+    # Where state lives is a property of the installation, not of models.yaml:
+    # the scripts and the orchestrator read the same two variables.
     def state_path(self) -> Path:
-        raw = os.environ.get("MODELYARD_STATE_DIR") or self.settings.state_dir
-        path = Path(raw).expanduser()
-        return path if path.is_absolute() else ROOT_DIR / path
+        """MODELYARD_STATE_DIR (the orchestrator's --state-dir sets it), else <checkout>/state."""
+        raw = os.environ.get("MODELYARD_STATE_DIR")
+        return Path(raw).expanduser().resolve() if raw else ROOT_DIR / "state"
 
     def envs_path(self) -> Path:
-        raw = os.environ.get("MODELYARD_ENVS_DIR") or self.settings.envs_dir
-        if not raw:
-            return self.state_path() / "envs"
-        path = Path(raw).expanduser()
-        return path if path.is_absolute() else ROOT_DIR / path
+        """MODELYARD_ENVS_DIR, else <state dir>/envs."""
+        raw = os.environ.get("MODELYARD_ENVS_DIR")
+        return Path(raw).expanduser().resolve() if raw else self.state_path() / "envs"
 
 
 def _describe(error: dict[str, Any]) -> str:

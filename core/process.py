@@ -3,15 +3,17 @@
 A service runs in its own process group so that stopping it stops everything
 it spawned (vLLM starts engine-core children). Its stdout and stderr go to a
 size-rotated log file, and the last lines stay in memory for error messages.
-Three layers make sure no service outlives the orchestrator: the kernel's
-parent-death signal, a watchdog inside BaseService, and reap_orphans() when the
-next orchestrator starts on the same state directory.
+Layers that make sure no service outlives the orchestrator (docs/ARCHITECTURE.md,
+"No orphans"): the kernel's parent-death signal, the reaper sidecar
+(core/reaper.py) using reap_orphans(parent=...), reap_orphans() when the next
+orchestrator starts on the same state directory, and BaseService's watchdog.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import ctypes.util
 import logging
 import logging.handlers
 import os
@@ -22,8 +24,10 @@ import subprocess
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import aiohttp
 import psutil
@@ -49,7 +53,6 @@ class LaunchSpec:
     env: dict[str, str]
     log_path: Path
     cwd: Path | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def free_port() -> int:
@@ -59,22 +62,40 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def die_with_parent() -> None:
-    # Runs in the child between fork and exec: ask the kernel to SIGTERM us
-    # when the orchestrator (the forking thread's process) dies.
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+# Resolved once here: loading a library in the forked child of a threaded
+# process can deadlock.
+try:
+    _prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: the reaper sidecar still covers us
+    _prctl = None
+
+
+def die_with_this_process() -> Callable[[], None]:
+    """A preexec_fn that makes the child get SIGTERM when we die.
+
+    Call it in the parent; the returned function runs in the child between
+    fork and exec. If we died before it ran, the child exits at once.
+    """
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if _prctl is not None:
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
 
 
 class _LogPump(threading.Thread):
-    """Copies the child's output into a rotating file and keeps a short tail."""
+    """Copies the child's output into a rotating file and keeps a short tail.
 
-    def __init__(self, stream: "os._wrap_close | object", path: Path, tail: deque[str]) -> None:
+    The file is opened before the child is started, so a log that cannot be
+    written stops the start instead of leaving an unsupervised process."""
+
+    def __init__(self, path: Path, tail: deque[str]) -> None:
         super().__init__(name=f"log-{path.stem}", daemon=True)
-        self.stream = stream
+        self.stream: IO[bytes] | None = None
         self.tail = tail
         path.parent.mkdir(parents=True, exist_ok=True)
         self.handler = logging.handlers.RotatingFileHandler(
@@ -82,13 +103,17 @@ class _LogPump(threading.Thread):
         )
         self.handler.setFormatter(logging.Formatter("%(message)s"))
 
+    def write(self, line: str) -> None:
+        self.tail.append(line)
+        self.handler.emit(logging.makeLogRecord({"msg": line, "args": None}))
+
     def run(self) -> None:
+        assert self.stream is not None
         try:
-            for raw in iter(self.stream.readline, b""):  # type: ignore[attr-defined]
-                line = raw.decode("utf-8", "replace").rstrip("\n")
-                self.tail.append(line)
-                self.handler.emit(logging.makeLogRecord({"msg": line, "args": None}))
+            for raw in iter(self.stream.readline, b""):
+                self.write(raw.decode("utf-8", "replace").rstrip("\n"))
         finally:
+            self.stream.close()
             self.handler.close()
 
 
@@ -114,10 +139,12 @@ class ServiceProcess:
         """Spawn the process. Must run on the event loop's thread: the kernel's
         parent-death signal follows the thread that forked the child."""
         loop = asyncio.get_running_loop()
-        self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.spec.log_path.open("a") as marker:
-            # The command line may carry an upstream's API key: never log it in clear.
-            marker.write(f"--- modelyard: starting {self.name}: {redact(shlex.join(self.spec.argv))}\n")
+        try:
+            pump = _LogPump(self.spec.log_path, self.tail)
+        except OSError as exc:
+            raise StartupError(f"cannot write its log {self.spec.log_path}: {exc.strerror}") from None
+        # The command line may carry an upstream's API key: never log it in clear.
+        pump.write(f"--- modelyard: starting {self.name}: {redact(shlex.join(self.spec.argv))}")
         try:
             self._popen = subprocess.Popen(
                 self.spec.argv,
@@ -127,11 +154,13 @@ class ServiceProcess:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=die_with_parent,  # noqa: PLW1509 - one syscall, no locks taken
+                preexec_fn=die_with_this_process(),  # noqa: PLW1509 - one syscall, nothing loaded
             )
         except OSError as exc:
+            pump.handler.close()
             raise StartupError(f"cannot execute {self.spec.argv[0]!r}: {exc.strerror}") from None
-        _LogPump(self._popen.stdout, self.spec.log_path, self.tail).start()
+        pump.stream = self._popen.stdout
+        pump.start()
         self._exited = loop.create_future()
         popen, exited = self._popen, self._exited
 

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 import uvloop
@@ -18,6 +19,7 @@ from core.instance import InstanceLocked, acquire_lock, instance_id
 from core.logs import configure_logging
 from core.process import reap_orphans
 from orchestrator.app import create_app
+from orchestrator.scheduler import Scheduler
 
 DEFAULT_CONFIG = ROOT_DIR / "configs" / "models.yaml"
 
@@ -28,7 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="models.yaml to serve (default: configs/models.yaml; env MODELYARD_CONFIG)")
     parser.add_argument("--host", help="override settings.host")
     parser.add_argument("--port", type=int, help="override settings.port")
-    parser.add_argument("--state-dir", help="override settings.state_dir (env MODELYARD_STATE_DIR)")
+    parser.add_argument("--state-dir", help="state directory (env MODELYARD_STATE_DIR; default: state/ in the checkout)")
     parser.add_argument("--check", action="store_true", help="validate the config and exit")
     return parser.parse_args(argv)
 
@@ -55,6 +57,19 @@ async def serve(server: uvicorn.Server, message: str) -> None:
     task = asyncio.create_task(announce())
     await server.serve()
     task.cancel()
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, telling the scheduler the moment a stop signal comes,
+    so that requests arriving during the graceful shutdown get a clean 503."""
+
+    def __init__(self, scheduler: Scheduler, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.scheduler = scheduler
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.scheduler.closing = True
+        super().handle_exit(sig, frame)
 
 
 def start_reaper(instance: str) -> None:
@@ -94,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     except InstanceLocked as err:
         print(f"modelyard: {err}", file=sys.stderr)
         return 1
+    except OSError as err:
+        print(f"modelyard: cannot use the state directory {state}: {err.strerror}", file=sys.stderr)
+        return 2
     instance = instance_id(state)
     reap_orphans(instance)
     start_reaper(instance)
@@ -103,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     # collector's full passes, which otherwise cost 30-50 ms pauses (bench p99).
     gc.collect()
     gc.freeze()
-    server = uvicorn.Server(
+    server = Server(
+        app.scheduler,
         uvicorn.Config(
             app,
             host=host,
@@ -112,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=max(1, int(settings.shutdown_grace)),
-        )
+        ),
     )
     uvloop.run(serve(server, banner(host, port, args.config, state, list(config.models))))
     return 0 if server.started else 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from pathlib import Path
 from collections import deque
 from typing import Any
 
@@ -62,11 +64,8 @@ def build_admin_router() -> APIRouter:
     async def service_logs(request: Request, model_id: str, lines: int = Query(100, ge=1, le=10000)) -> dict[str, Any]:
         service = service_of(request, model_id)
         path = service_log_path(request.app.state.config, service.id)
-        tail: deque[str] = deque(maxlen=lines)
-        if path.exists():
-            with path.open(encoding="utf-8", errors="replace") as handle:
-                tail.extend(line.rstrip("\n") for line in handle)
-        return {"id": service.id, "lines": list(tail)}
+        # A log may be megabytes: read it off the event loop.
+        return {"id": service.id, "lines": await asyncio.to_thread(_tail, path, lines)}
 
     @router.post("/services/{model_id:path}/load")
     async def load_service(request: Request, model_id: str) -> dict[str, Any]:
@@ -88,3 +87,11 @@ def build_admin_router() -> APIRouter:
         return describe(service_of(request, model_id))
 
     return router
+
+
+def _tail(path: Path, lines: int) -> list[str]:
+    tail: deque[str] = deque(maxlen=lines)
+    if path.exists():
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            tail.extend(line.rstrip("\n") for line in handle)
+    return list(tail)

@@ -80,6 +80,11 @@ async def read_body(receive: Any, declared: int | None, limit: int) -> bytes:
             return b"".join(chunks)
 
 
+def _usable_request_id(value: bytes) -> bool:
+    """Client-supplied ids are echoed and logged: printable ASCII, 1-200 bytes."""
+    return 0 < len(value) <= 200 and all(32 < b < 127 for b in value)
+
+
 class OpenAIEndpoint:
     def __init__(
         self, app: ASGIApp, registry: Registry, scheduler: Scheduler, proxy: Proxy, body_limit: int
@@ -107,10 +112,11 @@ class OpenAIEndpoint:
         declared: int | None = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
-                request_id = value[:200]
+                request_id = value
             elif name == b"content-length" and value.isdigit():
                 declared = int(value)
-        request_id = request_id or os.urandom(16).hex().encode()
+        if not _usable_request_id(request_id):
+            request_id = os.urandom(16).hex().encode()
 
         try:
             body = await read_body(receive, declared, self.body_limit)
@@ -133,6 +139,13 @@ class OpenAIEndpoint:
                 state["gone"] = True
                 task.cancel()
 
+        started = False
+
+        async def send_tracked(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
         watcher = asyncio.create_task(watch_client())
         try:
             try:
@@ -144,13 +157,20 @@ class OpenAIEndpoint:
                     body = orjson.dumps(payload)
                 lease = await self.scheduler.acquire(model_id)
             except ServiceError as exc:
-                await self._error(send, exc, request_id)
+                await self._error(send_tracked, exc, request_id)
                 return
-            await self.proxy.forward(lease, route, body, request_id, began, send)
+            await self.proxy.forward(lease, route, body, request_id, began, send_tracked)
         except asyncio.CancelledError:
-            if not state["gone"]:
+            if state["gone"]:
+                task.uncancel()  # cancelled by watch_client: the client left; nothing to answer
+                return
+            if started:
                 raise
-            task.uncancel()  # cancelled by watch_client: the client left; nothing to answer
+            # The server is shutting down and gave up waiting for us: say so
+            # rather than let it answer 500.
+            task.uncancel()
+            error = ServiceError(503, "the orchestrator is shutting down", code="shutting_down", retry_after=5)
+            await self._error(send, error, request_id)
         finally:
             state["done"] = True
             watcher.cancel()

@@ -27,7 +27,7 @@ log = logging.getLogger("modelyard.proxy")
 OVERHEAD_HEADER = b"x-modelyard-overhead-ms"
 LOAD_HEADER = b"x-modelyard-load-ms"
 # Hop-by-hop and recomputed headers are not copied from the upstream answer.
-_SKIP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"}
+_SKIP_HEADERS = {b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"date", b"server"}
 
 Send = Any  # the ASGI send callable
 
@@ -83,25 +83,24 @@ class Proxy:
                     data=body,
                     headers={"content-type": "application/json", "x-request-id": request_id.decode()},
                 )
-            except asyncio.TimeoutError:
-                await self._error(send, 504, f"model '{model}' did not answer within {self.upstream_timeout:g} s", "upstream_timeout", request_id)
+            except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
+                await self._timeout(send, model, exc, request_id)
                 return
             except (aiohttp.ClientError, OSError) as exc:
                 await self._error(send, 502, f"model '{model}' could not be reached: {_reason(exc)}", "upstream_unreachable", request_id)
                 return
             answered = time.perf_counter()
-            headers = [
-                (k.lower().encode(), v.encode())
-                for k, v in upstream.headers.items()
-                if k.lower() not in _SKIP_HEADERS
-            ]
+            headers = [(k.lower(), v) for k, v in upstream.raw_headers if k.lower() not in _SKIP_HEADERS]
             headers += [(b"x-request-id", request_id), (LOAD_HEADER, f"{lease.waited * 1000:.1f}".encode())]
 
             if not upstream.content_type.startswith("text/event-stream"):
                 try:
                     data = await upstream.read()
                     answered = time.perf_counter()
-                except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
+                    await self._timeout(send, model, exc, request_id)
+                    return
+                except (aiohttp.ClientError, OSError) as exc:
                     await self._error(send, 502, f"model '{model}' failed while answering: {_reason(exc)}", "upstream_failed", request_id)
                     return
                 clean = True
@@ -131,6 +130,13 @@ class Proxy:
                 else:
                     upstream.close()  # drop the connection: the upstream sees the disconnect
             lease.release()
+
+    async def _timeout(self, send: Send, model: str, exc: BaseException, request_id: bytes) -> None:
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            message = f"model '{model}' did not accept the connection in time"
+        else:
+            message = f"model '{model}' stayed silent for {self.upstream_timeout:g} s (settings.upstream_timeout)"
+        await self._error(send, 504, message, "upstream_timeout", request_id)
 
     @staticmethod
     async def _error(send: Send, status: int, message: str, code: str, request_id: bytes) -> None:

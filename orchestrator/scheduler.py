@@ -12,7 +12,12 @@ Policy (the reader's summary; docs/ARCHITECTURE.md has the longer one):
   once (507). One that could fit once busy services drain waits up to
   settings.eviction_wait, then 503 with Retry-After.
 - A failed load is not retried for each request: the next attempt waits
-  1, 2, 4 ... 60 s, and requests in between get 503 with Retry-After.
+  1, 2, 4 ... 60 s, and requests in between get 503 with Retry-After. A crash
+  restarts on the next request; repeated crashes back off the same way (the
+  count resets once a service has stayed up for STABLE_UPTIME).
+- Every way out of STARTING or READY (failed or cancelled load, eviction,
+  unload, idle unload, crash) goes through _retire(), which kills the whole
+  process group and always finishes, even when its caller is cancelled.
 
 The scheduler knows nothing of HTTP requests; it hands out leases with a URL.
 """
@@ -25,6 +30,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
@@ -36,6 +42,8 @@ from core.process import LaunchSpec, ServiceProcess, StartupError, free_port
 log = logging.getLogger("modelyard.scheduler")
 
 MAX_BACKOFF = 60.0
+# A service that ran this long before crashing starts its crash count afresh.
+STABLE_UPTIME = 60.0
 Launcher = Callable[[str, ModelConfig, int], LaunchSpec]
 
 
@@ -113,8 +121,8 @@ class Scheduler:
         self._placement = asyncio.Lock()
         self._changed = asyncio.Condition()
         self._session: aiohttp.ClientSession | None = None
-        self._reaper: asyncio.Task[None] | None = None
-        self._watchers: set[asyncio.Task[None]] = set()
+        self._idle_unloader: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # background tasks, kept referenced
         self._waiting = 0  # coroutines waiting on _changed; no notify work without them
         self.closing = False
 
@@ -122,17 +130,23 @@ class Scheduler:
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession()
-        self._reaper = asyncio.create_task(self._unload_idle_forever())
+        self._idle_unloader = asyncio.create_task(self._unload_idle_forever())
 
     async def shutdown(self) -> None:
         self.closing = True
-        if self._reaper:
-            self._reaper.cancel()
+        if self._idle_unloader:
+            self._idle_unloader.cancel()
         await asyncio.gather(*(self.unload(s.id) for s in self.services.values()), return_exceptions=True)
-        for task in list(self._watchers):
+        for task in list(self._tasks):
             task.cancel()
         if self._session:
             await self._session.close()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     # --- requests -----------------------------------------------------------
 
@@ -143,8 +157,10 @@ class Scheduler:
         service.in_flight += 1
         slot = False
         try:
-            await self._ensure_ready(service)
-            if service.slots is not None:
+            while True:
+                await self._ensure_ready(service)
+                if service.slots is None:
+                    break
                 if service.slots.locked() and service.queued >= service.config.max_queue:
                     raise ServiceError(
                         429,
@@ -158,12 +174,11 @@ class Scheduler:
                     await service.slots.acquire()
                 finally:
                     service.queued -= 1
-                slot = True
-                if service.state is not State.READY:  # it crashed or was stopped while we queued
-                    raise self._unavailable(service)
+                if service.state is State.READY:
+                    slot = True
+                    break
+                service.slots.release()  # it stopped or crashed while we queued: start over
         except BaseException:
-            if slot and service.slots is not None:
-                service.slots.release()
             service.in_flight -= 1
             self._notify()
             raise
@@ -181,15 +196,14 @@ class Scheduler:
     async def _ensure_ready(self, service: Service) -> None:
         while True:
             if self.closing:
-                raise ServiceError(503, "the orchestrator is shutting down", code="shutting_down")
+                raise ServiceError(503, "the orchestrator is shutting down", code="shutting_down", retry_after=5)
             if service.state is State.READY:
                 return
             if service.state is State.STOPPING:
                 await service.stopped.wait()
                 continue
             if service.load_task is None or service.load_task.done():
-                now = time.monotonic()
-                if service.state is State.FAILED and now < service.retry_at:
+                if service.state is State.FAILED and time.monotonic() < service.retry_at:
                     raise self._unavailable(service)
                 service.load_task = asyncio.create_task(self._load(service))
             task = service.load_task
@@ -197,8 +211,7 @@ class Scheduler:
                 # shield: one waiter giving up must not cancel the load for the others
                 await asyncio.shield(task)
             except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if task.cancelled() and not (current and current.cancelling()):
+                if task.cancelled() and not _being_cancelled():
                     # The load itself was cancelled (unload, shutdown), not this request.
                     raise ServiceError(
                         503, f"model '{service.id}' was unloaded while it was starting", code="model_unloaded",
@@ -219,9 +232,10 @@ class Scheduler:
     # --- loading and placement ---------------------------------------------
 
     async def load(self, model_id: str) -> Service:
-        """Start model_id if needed (the admin API's load); waits for ready."""
+        """Start model_id if needed (the admin API's load); waits for ready.
+        Unlike acquire(), it takes no concurrency slot."""
         service = self.services[model_id]
-        service.in_flight += 1
+        service.in_flight += 1  # interest: nothing evicts it while we wait
         try:
             await self._ensure_ready(service)
         finally:
@@ -231,75 +245,88 @@ class Scheduler:
         return service
 
     async def _load(self, service: Service) -> None:
-        async with self._placement:
-            await self._make_room(service)
-            # Reserve before the first await outside the lock.
-            service.state = State.STARTING
-            service.stopped.clear()
-            service.last_error = None
+        await self._reserve(service)
         began = time.monotonic()
+        process: ServiceProcess | None = None
         try:
             service.port = free_port()
             spec = self.launcher(service.id, service.config, service.port)
             process = ServiceProcess(service.id, spec)
-            process.start()
             service.process = process
+            process.start()
             service.starts += 1
             log_event(log, "service starting", model=service.id, pid=process.pid, port=service.port)
             assert self._session is not None
             await process.wait_healthy(
                 service.url + service.config.health_path, service.config.startup_timeout, self._session
             )
-        except (StartupError, ServiceError, OSError, asyncio.CancelledError) as exc:
-            await self._fail_load(service, exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            status = exc.status if isinstance(exc, ServiceError) else 503
-            raise ServiceError(status, f"model '{service.id}' failed to start: {service.last_error}",
-                               code="model_load_failed", retry_after=max(1.0, service.retry_at - time.monotonic())) from None
+        except asyncio.CancelledError:
+            # Unloaded or shutting down on purpose: not a failure to back off from.
+            await self._retire(service, process, State.STOPPED)
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever broke, the client gets a 503 that says what
+            error = exc if isinstance(exc, ServiceError) else None
+            reason = error.message if error else (str(exc) or type(exc).__name__)
+            if not isinstance(exc, (StartupError, ServiceError)):
+                log.exception("starting %s failed unexpectedly", service.id)
+            service.failures += 1
+            retry_at = time.monotonic() + _backoff(service.failures)
+            await self._retire(service, process, State.FAILED, reason=reason, retry_at=retry_at)
+            raise ServiceError(
+                error.status if error else 503,
+                f"model '{service.id}' failed to start: {reason}",
+                code=error.code if error and error.code else "model_load_failed",
+                retry_after=max(1.0, retry_at - time.monotonic()),
+            ) from None
         service.state = State.READY
         service.started_at = time.monotonic()
         service.load_seconds = service.started_at - began
         service.last_used = service.started_at
-        service.failures = 0
         log_event(log, "service ready", model=service.id, pid=process.pid, load_seconds=round(service.load_seconds, 3))
-        watcher = asyncio.create_task(self._watch_exit(service, process))
-        self._watchers.add(watcher)
-        watcher.add_done_callback(self._watchers.discard)
+        self._spawn(self._watch_exit(service, process))
         self._notify()
 
-    async def _fail_load(self, service: Service, exc: BaseException) -> None:
-        if service.process is not None:
-            await service.process.stop(self.settings.shutdown_grace)
-        service.process = None
-        if isinstance(exc, asyncio.CancelledError):
-            # Unloaded or shutting down on purpose: not a failure to back off from.
-            service.state = State.STOPPED
-            service.stopped.set()
-            self._notify()
-            return
-        reason = exc.message if isinstance(exc, ServiceError) else str(exc) or type(exc).__name__
-        service.failures += 1
-        service.retry_at = time.monotonic() + min(2.0 ** (service.failures - 1), MAX_BACKOFF)
-        service.last_error = reason
-        service.state = State.FAILED
-        service.stopped.set()
-        log_event(log, "service failed to start", logging.ERROR, model=service.id, reason=reason,
-                  failures=service.failures)
-        self._notify()
+    async def _reserve(self, service: Service) -> None:
+        """Make room for service (evicting idle ones) and mark it STARTING,
+        which reserves its memory. Waits up to eviction_wait for busy ones,
+        without holding the placement lock while it waits."""
+        deadline = time.monotonic() + self.settings.eviction_wait
+        while True:
+            async with self._placement:
+                victims = self._victims_for(service)
+                if victims is not None:
+                    for victim in victims:
+                        if victim.evictable():  # nothing can change it under the lock, but be sure
+                            log_event(log, "evicting", model=victim.id, for_model=service.id, reason="memory budget")
+                            await self._stop(victim)
+                    if self._victims_for(service) == []:
+                        service.state = State.STARTING
+                        service.stopped.clear()
+                        service.last_error = None
+                        return
+                    continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                busy = [s.id for s in self.services.values() if s.holds_memory and s is not service]
+                raise ServiceError(
+                    503,
+                    f"model '{service.id}' needs {service.config.memory_gb:g} GB; the models holding memory "
+                    f"({', '.join(busy)}) stayed busy for {self.settings.eviction_wait:g} s",
+                    code="memory_busy",
+                    retry_after=5,
+                )
+            await self._wait_for_change(remaining)
 
-    def _used_memory(self, excluding: Service) -> float:
-        return sum(s.config.memory_gb for s in self.services.values() if s is not excluding and s.holds_memory)
-
-    async def _make_room(self, service: Service) -> None:
-        """Evict idle services (least recently used first) until service fits."""
+    def _victims_for(self, service: Service) -> list[Service] | None:
+        """The idle services to evict so that service fits: [] when it fits
+        now, None when it must wait for busy ones. Raises 507 when it cannot
+        fit even with every unpinned service gone."""
         budget = self.settings.memory_budget_gb
         need = service.config.memory_gb
         if budget is None or need == 0:
-            return
-        pinned = sum(
-            s.config.memory_gb for s in self.services.values() if s is not service and s.holds_memory and s.config.pinned
-        )
+            return []
+        others = [s for s in self.services.values() if s is not service and s.holds_memory]
+        pinned = sum(s.config.memory_gb for s in others if s.config.pinned)
         if need + pinned > budget:
             raise ServiceError(
                 507,
@@ -308,25 +335,15 @@ class Scheduler:
                 + "; it cannot fit even after evicting every other model",
                 code="insufficient_memory",
             )
-        deadline = time.monotonic() + self.settings.eviction_wait
-        while self._used_memory(service) + need > budget:
-            idle = sorted((s for s in self.services.values() if s.evictable()), key=lambda s: s.last_used)
-            if idle:
-                victim = idle[0]
-                log_event(log, "evicting", model=victim.id, for_model=service.id, reason="memory budget")
-                await self._stop(victim)
-                continue
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                busy = [s.id for s in self.services.values() if s.holds_memory and s is not service]
-                raise ServiceError(
-                    503,
-                    f"model '{service.id}' needs {need:g} GB; the models holding memory "
-                    f"({', '.join(busy)}) stayed busy for {self.settings.eviction_wait:g} s",
-                    code="memory_busy",
-                    retry_after=5,
-                )
-            await self._wait_for_change(remaining)
+        free = budget - sum(s.config.memory_gb for s in others)
+        victims: list[Service] = []
+        for idle in sorted((s for s in others if s.evictable()), key=lambda s: s.last_used):
+            if free >= need:
+                break
+            victims.append(idle)
+            free += idle.config.memory_gb
+        # Evict nothing unless the idle ones alone make enough room.
+        return victims if free >= need else None
 
     # --- stopping -------------------------------------------------------------
 
@@ -337,56 +354,77 @@ class Scheduler:
         deadline = time.monotonic() + drain
         while service.in_flight and service.state is State.READY and time.monotonic() < deadline:
             await self._wait_for_change(deadline - time.monotonic())
-        if service.load_task is not None and not service.load_task.done():
-            service.load_task.cancel()
+        task = service.load_task
+        if task is not None and not task.done():
+            task.cancel()
             try:
-                await service.load_task
+                await asyncio.shield(task)
             except (asyncio.CancelledError, ServiceError):
-                pass
+                if _being_cancelled():
+                    raise
         if service.state is State.READY:
             await self._stop(service)
         elif service.state is State.STOPPING:
             await service.stopped.wait()
-        elif service.state is State.FAILED:
-            service.state = State.STOPPED
+        if service.state is State.FAILED:
+            service.state = State.STOPPED  # an explicit unload also clears the backoff
+        service.failures = 0
+        service.retry_at = 0.0
 
     async def _stop(self, service: Service) -> None:
-        # Mark first, before any await, so no request sees READY for a dying service.
+        """Stop a READY service on purpose (eviction, unload, idle)."""
+        service.failures = 0
+        await self._retire(service, service.process, State.STOPPED)
+
+    async def _retire(
+        self,
+        service: Service,
+        process: ServiceProcess | None,
+        final: State,
+        reason: str | None = None,
+        retry_at: float = 0.0,
+    ) -> None:
+        """Take service out of STARTING/READY: stop its whole process group,
+        then set `final`. Memory stays reserved until the group is gone. Runs
+        to the end even if the caller is cancelled (it is shielded)."""
+        # Before any await, so no request sees READY for a dying service.
         service.state = State.STOPPING
         service.stopped.clear()
-        # A stop, once begun, finishes even if whoever asked for it is cancelled.
-        task = asyncio.create_task(self._finish_stop(service, service.process))
-        self._watchers.add(task)
-        task.add_done_callback(self._watchers.discard)
-        await asyncio.shield(task)
 
-    async def _finish_stop(self, service: Service, process: ServiceProcess | None) -> None:
-        if process is not None:
-            code = await process.stop(self.settings.shutdown_grace)
-            log_event(log, "service stopped", model=service.id, pid=process.pid, exit_code=code)
-        service.process = None
-        service.port = None
-        service.started_at = None
-        service.state = State.STOPPED
-        service.stopped.set()
-        self._notify()
+        async def finish() -> None:
+            try:
+                if process is not None:
+                    code = await process.stop(self.settings.shutdown_grace)
+                    log_event(log, "service stopped", model=service.id, pid=process.pid, exit_code=code,
+                              reason=reason or "stopped on purpose")
+            finally:
+                if service.process is process:
+                    service.process = None
+                service.port = None
+                service.started_at = None
+                service.last_error = reason
+                service.retry_at = retry_at
+                service.state = final
+                service.stopped.set()
+                self._notify()
+
+        await asyncio.shield(self._spawn(finish()))
 
     async def _watch_exit(self, service: Service, process: ServiceProcess) -> None:
         code = await process.wait_exit()
-        if service.process is process and service.state is State.READY:
-            service.state = State.FAILED
-            service.process = None
-            service.failures += 1
-            # The first crash restarts on the next request; repeated ones back off.
-            delay = 0.0 if service.failures <= 1 else min(2.0 ** (service.failures - 2), MAX_BACKOFF)
-            service.retry_at = time.monotonic() + delay
-            service.last_error = f"the service exited unexpectedly with code {code}" + (
-                f"; last log lines:\n{process.last_lines()}" if process.last_lines() else ""
-            )
-            service.stopped.set()
-            log_event(log, "service crashed", logging.ERROR, model=service.id, exit_code=code,
-                      failures=service.failures)
-            self._notify()
+        if service.process is not process or service.state is not State.READY:
+            return  # stopped on purpose
+        uptime = time.monotonic() - (service.started_at or time.monotonic())
+        if uptime >= STABLE_UPTIME:
+            service.failures = 0
+        service.failures += 1
+        # The first crash restarts on the next request; repeated ones back off.
+        delay = 0.0 if service.failures <= 1 else _backoff(service.failures - 1)
+        tail = process.last_lines()
+        reason = f"the service exited unexpectedly with code {code}" + (f"; last log lines:\n{tail}" if tail else "")
+        log_event(log, "service crashed", logging.ERROR, model=service.id, exit_code=code, failures=service.failures)
+        # Its children may live on holding memory and the port: stop the group.
+        await self._retire(service, process, State.FAILED, reason=reason, retry_at=time.monotonic() + delay)
 
     async def _unload_idle_forever(self) -> None:
         while True:
@@ -394,9 +432,13 @@ class Scheduler:
             now = time.monotonic()
             for service in self.services.values():
                 ttl = service.config.ttl
-                if ttl and service.evictable() and now - service.last_used >= ttl:
-                    log_event(log, "unloading idle service", model=service.id, idle_seconds=round(now - service.last_used))
+                if not (ttl and service.evictable() and now - service.last_used >= ttl):
+                    continue
+                log_event(log, "unloading idle service", model=service.id, idle_seconds=round(now - service.last_used))
+                try:
                     await self._stop(service)
+                except Exception:  # noqa: BLE001 - one failure must not end idle unloading for all
+                    log.exception("idle unload of %s failed", service.id)
 
     async def _wait_for_change(self, timeout: float) -> None:
         """Wait until a service changes state or goes idle, at most timeout s."""
@@ -417,6 +459,15 @@ class Scheduler:
             async with self._changed:
                 self._changed.notify_all()
 
-        task = asyncio.get_running_loop().create_task(notify())
-        self._watchers.add(task)
-        task.add_done_callback(self._watchers.discard)
+        self._spawn(notify())
+
+
+def _backoff(failures: int) -> float:
+    """Seconds before the next start after `failures` failures: 1, 2, 4 ... 60."""
+    return min(2.0 ** (max(failures, 1) - 1), MAX_BACKOFF)
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task itself has been asked to stop."""
+    task = asyncio.current_task()
+    return bool(task and task.cancelling())

@@ -98,14 +98,15 @@ def start_orchestrator(
     port = free_port()
     log_path = tmp_path / f"{name}.log"
     env = {**os.environ, "MODELYARD_STATE_DIR": str(state), **(extra_env or {})}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "--config", str(config_path), "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log_path.open("w"),
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    with log_path.open("w") as log_file:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "--config", str(config_path), "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     orch = Orchestrator(f"http://127.0.0.1:{port}", process, state, config_path, log_path)
 
     def ready() -> bool:

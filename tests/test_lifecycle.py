@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -47,7 +48,7 @@ def test_least_recently_used_idle_service_is_evicted(orchestrator):
         assert chat(client, "c").status_code == 200
     states = {k: v["state"] for k, v in orch.services().items()}
     assert states == {"a": "ready", "b": "stopped", "c": "ready"}
-    assert "evicting" in orch.log() and '"model": "b"' in orch.log()
+    assert '"msg": "evicting", "model": "b", "for_model": "c"' in orch.log()
 
 
 def test_model_that_cannot_fit_fails_at_once_with_507(orchestrator):
@@ -61,7 +62,7 @@ def test_model_that_cannot_fit_fails_at_once_with_507(orchestrator):
         assert chat(client, "small").status_code == 200
         began = time.monotonic()
         response = chat(client, "huge")
-        assert time.monotonic() - began < 1.0
+        assert time.monotonic() - began < 10  # not after settings.eviction_wait (30 s)
     assert response.status_code == 507
     error = response.json()["error"]
     assert error["code"] == "insufficient_memory"
@@ -73,11 +74,10 @@ def test_service_that_never_becomes_healthy_times_out_and_backs_off(orchestrator
     orch = orchestrator({"models": {"stuck": fake_model("--never-ready", startup_timeout=1.5)}})
     with orch.client() as client:
         first = chat(client, "stuck")
-        assert first.status_code == 503
-        assert "did not become healthy within 1.5 s" in first.json()["error"]["message"]
-        assert wait_until(lambda: not instance_processes(orch.state_dir), 5)
-        # An immediate retry is refused without starting another process.
-        second = chat(client, "stuck")
+        second = chat(client, "stuck")  # refused without starting another process
+    assert first.status_code == 503
+    assert "did not become healthy within 1.5 s" in first.json()["error"]["message"]
+    assert wait_until(lambda: not instance_processes(orch.state_dir), 5)
     assert second.status_code == 503
     assert int(second.headers["retry-after"]) >= 1
     assert orch.services()["stuck"]["starts"] == 1
@@ -188,13 +188,15 @@ def test_idle_service_is_unloaded_after_its_ttl(orchestrator):
 
 def test_concurrency_limit_queues_then_rejects_with_429(orchestrator):
     orch = orchestrator(
-        {"models": {"m": fake_model("--response-delay-ms 300", max_concurrency=1, max_queue=2)}}
+        {"models": {"m": fake_model("--response-delay-ms 3000", max_concurrency=1, max_queue=2)}}
     )
     with orch.client() as client:
-        assert chat(client, "m").status_code == 200  # loaded
+        assert client.post("/admin/services/m/load").status_code == 200
+    barrier = threading.Barrier(6)
 
     def one(_: int) -> httpx.Response:
         with orch.client() as client:
+            barrier.wait()  # all six arrive within the 3 s the first one takes
             return chat(client, "m")
 
     with ThreadPoolExecutor(6) as pool:
@@ -217,7 +219,8 @@ def test_unload_during_startup_answers_waiting_requests_with_503(orchestrator):
     orch = orchestrator({"models": {"slow": fake_model("--startup-delay 3")}})
     with ThreadPoolExecutor(3) as pool, orch.client() as client:
         waiting = [pool.submit(lambda: chat(orch.client(), "slow")) for _ in range(3)]
-        assert wait_until(lambda: orch.services()["slow"]["state"] == "starting", 5)
+        assert wait_until(lambda: orch.services()["slow"]["in_flight"] == 3, 5)
+        assert orch.services()["slow"]["state"] == "starting"
         assert client.post("/admin/services/slow/unload").json()["state"] == "stopped"
         responses = [f.result(timeout=10) for f in waiting]
     for response in responses:
@@ -269,3 +272,96 @@ def test_client_leaving_during_a_cold_start_does_not_disturb_the_load(orchestrat
     with orch.client() as client:
         assert chat(client, "m").status_code == 200
     assert orch.services()["m"]["starts"] == 1
+
+
+def test_a_crash_stops_the_services_children_too(orchestrator):
+    orch = orchestrator({"models": {"m": fake_model("--spawn-child --chunks 8 --crash-after-chunks 1")}})
+    with orch.client() as client:
+        assert client.post("/admin/services/m/load").status_code == 200
+        child = httpx.get(orch.service_url("m") + "/health").json()["child_pid"]
+        client.post("/v1/chat/completions", json={"model": "m", "stream": True, **CHAT})
+    assert wait_until(lambda: orch.services()["m"]["state"] == "failed", 5)
+    assert wait_until(lambda: not _alive(child), 5)
+    assert instance_processes(orch.state_dir) == []
+
+
+def test_repeated_crashes_back_off(orchestrator):
+    orch = orchestrator({"models": {"m": fake_model("--chunks 8 --crash-after-chunks 1")}})
+    stream = {"model": "m", "stream": True, **CHAT}
+    with orch.client() as client:
+        client.post("/v1/chat/completions", json=stream)  # crash 1: restart allowed at once
+        assert wait_until(lambda: orch.services()["m"]["state"] == "failed", 5)
+        client.post("/v1/chat/completions", json=stream)  # restarts, crash 2
+        assert wait_until(lambda: orch.services()["m"]["state"] == "failed", 5)
+        refused = chat(client, "m")
+    assert orch.services()["m"]["starts"] == 2
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "model_unavailable"
+    assert "exited unexpectedly" in refused.json()["error"]["message"]
+    assert int(refused.headers["retry-after"]) >= 1
+
+
+def test_a_command_that_breaks_at_launch_is_a_503_and_leaves_no_stuck_state(orchestrator):
+    # Passes validation, breaks only when ${ODD} is expanded at launch: an unclosed quote.
+    orch = orchestrator(
+        {"models": {"m": {"engine": "command", "cmd": "${PYTHON} x.py --port ${PORT} ${ODD}"}}},
+        extra_env={"ODD": 'say "unclosed'},
+    )
+    with orch.client() as client:
+        response = chat(client, "m")
+        assert response.status_code == 503
+        assert "closing quotation" in response.json()["error"]["message"]
+        assert orch.services()["m"]["state"] == "failed"
+        assert client.post("/admin/services/m/unload").json()["state"] == "stopped"
+
+
+def test_concurrent_unloads_during_startup_leave_a_clean_stopped_service(orchestrator):
+    orch = orchestrator(
+        {"settings": {"shutdown_grace": 1}, "models": {"m": fake_model("--startup-delay 3 --ignore-sigterm")}}
+    )
+    with ThreadPoolExecutor(4) as pool:
+        pool.submit(lambda: chat(orch.client(), "m"))
+        assert wait_until(lambda: orch.services()["m"]["state"] == "starting", 5)
+        unloads = [pool.submit(lambda: orch.client().post("/admin/services/m/unload")) for _ in range(3)]
+        states = [u.result(timeout=15).json()["state"] for u in unloads]
+    assert states == ["stopped"] * 3
+    assert wait_until(lambda: not instance_processes(orch.state_dir), 5)
+
+
+def test_a_load_waiting_for_busy_memory_does_not_block_other_loads(orchestrator):
+    orch = orchestrator(
+        {
+            "settings": {"memory_budget_gb": 10, "eviction_wait": 5},
+            "models": {
+                "busy": fake_model("--response-delay-ms 8000", memory_gb=6),
+                "big": fake_model(memory_gb=6),
+                "small": fake_model(memory_gb=2),
+            },
+        }
+    )
+    with orch.client() as client:
+        assert client.post("/admin/services/busy/load").status_code == 200
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(lambda: chat(orch.client(), "busy"))
+        assert wait_until(lambda: orch.services()["busy"]["in_flight"] == 1, 5)
+        big = pool.submit(lambda: chat(orch.client(), "big"))  # must wait for busy to go idle
+        began = time.monotonic()
+        with orch.client() as client:
+            assert chat(client, "small").status_code == 200  # fits now: not stuck behind big
+        small_took = time.monotonic() - began
+        big_response = big.result(timeout=20)
+        assert running.result(timeout=20).status_code == 200
+    assert small_took < 4.5  # it did not wait out big's 5 s eviction wait
+    assert big_response.status_code == 503 and big_response.json()["error"]["code"] == "memory_busy"
+
+
+def test_sigterm_answers_requests_waiting_on_a_load_with_503(orchestrator):
+    orch = orchestrator({"settings": {"shutdown_grace": 1}, "models": {"m": fake_model("--startup-delay 20")}})
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(lambda: chat(orch.client(), "m"))
+        assert wait_until(lambda: orch.services()["m"]["in_flight"] == 1, 5)
+        orch.process.send_signal(signal.SIGTERM)
+        response = waiting.result(timeout=20)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] in ("shutting_down", "model_unloaded")
+    assert orch.process.wait(timeout=20) in (0, -signal.SIGTERM)
+    assert "Traceback" not in orch.log()

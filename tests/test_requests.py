@@ -142,3 +142,13 @@ def test_admin_load_logs_and_listing(orch):
     assert any("modelyard: starting chat-model" in line for line in logs["lines"])
     row = next(s for s in listing["services"] if s["id"] == "chat-model")
     assert {"state", "pid", "port", "memory_gb", "uptime_s", "idle_s", "in_flight"} <= set(row)
+
+
+def test_unusable_request_ids_are_replaced_not_fatal(orch):
+    with orch.client() as client:
+        for raw in (b"\xff\xfe-not-utf8", b"x" * 500, b"has space"):
+            response = client.post(
+                "/v1/chat/completions", json={"model": "chatty", "messages": MESSAGES}, headers={"x-request-id": raw}
+            )
+            assert response.status_code == 200
+            assert len(response.headers["x-request-id"]) == 32  # a fresh one

@@ -40,7 +40,7 @@ import psutil
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from core.process import die_with_parent, free_port  # noqa: E402
+from core.process import die_with_this_process, free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM = Path(__file__).resolve().parent / "upstream.py"
@@ -118,7 +118,7 @@ class Child:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,  # noqa: PLW1509 - one syscall
+            preexec_fn=die_with_this_process(),  # noqa: PLW1509 - one syscall
         )
 
     @property
