@@ -16,6 +16,7 @@ upstream connection is closed (the service stops generating).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from typing import Any
@@ -28,7 +29,7 @@ from core.http_errors import describe_validation
 from core.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from orchestrator.proxy import Proxy, send_json
 from orchestrator.registry import Registry
-from orchestrator.scheduler import Scheduler
+from orchestrator.scheduler import Lease, Scheduler
 
 ROUTES: dict[str, type[BaseModel]] = {
     "/v1/chat/completions": ChatCompletionRequest,
@@ -139,12 +140,8 @@ class OpenAIEndpoint:
                 state["gone"] = True
                 task.cancel()
 
-        started = False
-
-        async def send_tracked(message: dict[str, Any]) -> None:
-            nonlocal started
-            started = True
-            await send(message)
+        lease: Lease | None = None
+        answered = False  # an error answer began (the proxy marks its own on the lease)
 
         watcher = asyncio.create_task(watch_client())
         try:
@@ -157,20 +154,22 @@ class OpenAIEndpoint:
                     body = orjson.dumps(payload)
                 lease = await self.scheduler.acquire(model_id)
             except ServiceError as exc:
-                await self._error(send_tracked, exc, request_id)
+                answered = True
+                await self._error(send, exc, request_id)
                 return
-            await self.proxy.forward(lease, route, body, request_id, began, send_tracked)
+            await self.proxy.forward(lease, route, body, request_id, began, send)
         except asyncio.CancelledError:
             if state["gone"]:
                 task.uncancel()  # cancelled by watch_client: the client left; nothing to answer
                 return
-            if started:
+            if answered or (lease is not None and lease.responded):
                 raise
             # The server is shutting down and gave up waiting for us: say so
             # rather than let it answer 500.
             task.uncancel()
             error = ServiceError(503, "the orchestrator is shutting down", code="shutting_down", retry_after=5)
-            await self._error(send, error, request_id)
+            with contextlib.suppress(RuntimeError):  # the proxy had begun an error answer of its own
+                await self._error(send, error, request_id)
         finally:
             state["done"] = True
             watcher.cancel()

@@ -106,12 +106,14 @@ class Proxy:
                 clean = True
                 own = before + time.perf_counter() - answered
                 headers += [(OVERHEAD_HEADER, f"{own * 1000:.3f}".encode()), (b"content-length", str(len(data)).encode())]
+                lease.responded = True
                 await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
                 await send({"type": "http.response.body", "body": data})
                 return
 
             own = before + time.perf_counter() - answered
             headers.append((OVERHEAD_HEADER, f"{own * 1000:.3f}".encode()))
+            lease.responded = True
             await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
             try:
                 async for chunk in upstream.content.iter_any():

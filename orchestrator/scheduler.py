@@ -95,13 +95,14 @@ class Service:
 class Lease:
     """A request's hold on a ready service; release() exactly once."""
 
-    __slots__ = ("service", "url", "waited", "_scheduler", "_released", "_slot")
+    __slots__ = ("service", "url", "waited", "responded", "_scheduler", "_released", "_slot")
 
     def __init__(self, scheduler: "Scheduler", service: Service, waited: float, slot: bool) -> None:
         self._scheduler = scheduler
         self.service = service
         self.url = service.url
         self.waited = waited
+        self.responded = False  # the proxy set it once the answer's headers went out
         self._slot = slot
         self._released = False
 
