@@ -122,6 +122,13 @@ class ModelConfig(_Strict):
         return self
 
 
+class SimulatedGPU(_Strict):
+    """One GPU of a simulated inventory (settings.gpus)."""
+
+    name: str = Field(min_length=1, description="Shown in /admin/gpus, e.g. 'H100 80GB (simulated)'.")
+    memory_gb: float = Field(gt=0, description="Memory of the simulated card.")
+
+
 class Settings(_Strict):
     """The `settings:` section: how the orchestrator itself runs."""
 
@@ -129,6 +136,11 @@ class Settings(_Strict):
     port: int = Field(9000, ge=1, le=65535, description="Port of the one OpenAI-compatible endpoint.")
     memory_budget_gb: float | None = Field(
         None, gt=0, description="Memory all services may hold together; null means no limit."
+    )
+    gpus: list[SimulatedGPU] | None = Field(
+        None,
+        description="A simulated GPU inventory, used instead of NVML (for CPU hosts and tests); "
+        "null: discover the host's NVIDIA GPUs.",
     )
     max_request_mb: float = Field(16.0, gt=0, description="Largest request body accepted (413 above it).")
     upstream_timeout: float = Field(

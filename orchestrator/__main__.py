@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import logging
 import os
 import subprocess
 import sys
@@ -16,11 +17,13 @@ import uvloop
 
 from core.config import ROOT_DIR, ConfigError, load_config
 from core.instance import InstanceLocked, acquire_lock, instance_id
-from core.logs import configure_logging
+from core.gpu import discover
+from core.logs import configure_logging, log_event
 from core.process import reap_orphans
 from orchestrator.app import create_app
 from orchestrator.scheduler import Scheduler
 
+log = logging.getLogger("modelyard.orchestrator")
 DEFAULT_CONFIG = ROOT_DIR / "configs" / "models.yaml"
 
 
@@ -116,6 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     reap_orphans(instance)
     start_reaper(instance)
 
+    declared = [g.model_dump() for g in settings.gpus] if settings.gpus else None
+    inventory = discover(declared)
+    if inventory.gpus:
+        names = ", ".join(f"{g.index}: {g.name} {g.total_gb:.0f} GB" for g in inventory.gpus)
+        log_event(log, f"GPUs ({inventory.source}): {names}")
+    else:
+        log_event(log, f"no GPU: {inventory.reason}; models run on the CPU with host memory")
     app = create_app(config, instance)
     # Everything built so far lives as long as the process: keep it out of the
     # collector's full passes, which otherwise cost 30-50 ms pauses (bench p99).

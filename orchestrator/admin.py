@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query, Request
 
 from core.engines import service_log_path
 from core.errors import ServiceError
+from core.gpu import discover
 from orchestrator.scheduler import Scheduler, Service
 
 
@@ -59,6 +60,21 @@ def build_admin_router() -> APIRouter:
             "services": [describe(s) for s in scheduler.services.values()],
             "memory_budget_gb": scheduler.settings.memory_budget_gb,
         }
+
+    @router.get("/gpus")
+    async def list_gpus(request: Request) -> dict[str, Any]:
+        """The GPU inventory now (NVML, or the simulated one), with the memory
+        each of our services holds on each card where NVML reports it."""
+        config = request.app.state.config
+        declared = [g.model_dump() for g in config.settings.gpus] if config.settings.gpus else None
+        inventory = await asyncio.to_thread(discover, declared)
+        ours = {
+            s.process.pid: s.id for s in scheduler_of(request).services.values() if s.process and s.process.pid
+        }
+        body = inventory.as_dict()
+        for gpu, row in zip(inventory.gpus, body["gpus"]):
+            row["services"] = {ours[pid]: used for pid, used in gpu.processes.items() if pid in ours}
+        return body
 
     @router.get("/services/{model_id:path}/logs")
     async def service_logs(request: Request, model_id: str, lines: int = Query(100, ge=1, le=10000)) -> dict[str, Any]:
