@@ -16,7 +16,7 @@ upstream connection is closed (the service stops generating).
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import os
 import time
 from typing import Any
@@ -38,6 +38,7 @@ ROUTES: dict[str, type[BaseModel]] = {
 }
 
 ASGIApp = Any
+log = logging.getLogger("modelyard.endpoint")
 
 
 class ClientGone(Exception):
@@ -168,7 +169,12 @@ class OpenAIEndpoint:
             # rather than let it answer 500.
             task.uncancel()
             error = ServiceError(503, "the orchestrator is shutting down", code="shutting_down", retry_after=5)
-            with contextlib.suppress(RuntimeError):  # the proxy had begun an error answer of its own
+            await self._error(send, error, request_id)
+        except Exception:
+            # A bug of ours: log it, and answer like every other error if we still can.
+            log.exception("request %s failed", request_id.decode())
+            if not (answered or (lease is not None and lease.responded)):
+                error = ServiceError(500, "internal error in the orchestrator", code="internal_error")
                 await self._error(send, error, request_id)
         finally:
             state["done"] = True

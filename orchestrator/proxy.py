@@ -83,11 +83,8 @@ class Proxy:
                     data=body,
                     headers={"content-type": "application/json", "x-request-id": request_id.decode()},
                 )
-            except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
-                await self._timeout(send, model, exc, request_id)
-                return
-            except (aiohttp.ClientError, OSError) as exc:
-                await self._error(send, 502, f"model '{model}' could not be reached: {_reason(exc)}", "upstream_unreachable", request_id)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                await self._upstream_failed(send, lease, exc, "could not be reached", "upstream_unreachable", request_id)
                 return
             answered = time.perf_counter()
             headers = [(k.lower(), v) for k, v in upstream.raw_headers if k.lower() not in _SKIP_HEADERS]
@@ -97,11 +94,8 @@ class Proxy:
                 try:
                     data = await upstream.read()
                     answered = time.perf_counter()
-                except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
-                    await self._timeout(send, model, exc, request_id)
-                    return
-                except (aiohttp.ClientError, OSError) as exc:
-                    await self._error(send, 502, f"model '{model}' failed while answering: {_reason(exc)}", "upstream_failed", request_id)
+                except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                    await self._upstream_failed(send, lease, exc, "failed while answering", "upstream_failed", request_id)
                     return
                 clean = True
                 own = before + time.perf_counter() - answered
@@ -133,15 +127,19 @@ class Proxy:
                     upstream.close()  # drop the connection: the upstream sees the disconnect
             lease.release()
 
-    async def _timeout(self, send: Send, model: str, exc: BaseException, request_id: bytes) -> None:
+    async def _upstream_failed(
+        self, send: Send, lease: Lease, exc: BaseException, doing: str, code: str, request_id: bytes
+    ) -> None:
+        """Answer 504 when the service was too slow, 502 when it failed."""
+        model = lease.service.id
+        lease.responded = True
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            message = f"model '{model}' did not accept the connection in time"
-        else:
+            status, message, code = 504, f"model '{model}' did not accept the connection in time", "upstream_timeout"
+        elif isinstance(exc, asyncio.TimeoutError):  # aiohttp's read timeouts are TimeoutErrors too
+            status, code = 504, "upstream_timeout"
             message = f"model '{model}' stayed silent for {self.upstream_timeout:g} s (settings.upstream_timeout)"
-        await self._error(send, 504, message, "upstream_timeout", request_id)
-
-    @staticmethod
-    async def _error(send: Send, status: int, message: str, code: str, request_id: bytes) -> None:
+        else:
+            status, message = 502, f"model '{model}' {doing}: {_reason(exc)}"
         await send_json(send, status, error_body(status, message, code), [(b"x-request-id", request_id)])
 
 

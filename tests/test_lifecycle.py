@@ -365,3 +365,14 @@ def test_sigterm_answers_requests_waiting_on_a_load_with_503(orchestrator):
     assert response.json()["error"]["code"] in ("shutting_down", "model_unloaded")
     assert orch.process.wait(timeout=20) in (0, -signal.SIGTERM)
     assert "Traceback" not in orch.log()
+
+
+def test_a_service_slower_than_upstream_timeout_gets_504(orchestrator):
+    orch = orchestrator({"settings": {"upstream_timeout": 1}, "models": {"m": fake_model("--response-delay-ms 4000")}})
+    with orch.client() as client:
+        assert client.post("/admin/services/m/load").status_code == 200
+        response = chat(client, "m")
+    assert response.status_code == 504
+    error = response.json()["error"]
+    assert error["code"] == "upstream_timeout" and "stayed silent for 1 s" in error["message"]
+    assert wait_until(lambda: orch.services()["m"]["in_flight"] == 0, 5)
