@@ -22,7 +22,19 @@ MODEL_TYPES = ("text", "embedding", "image", "audio", "vision", "service")
 
 # Placeholders every string field may use; ${NAME} of any other name must be an
 # environment variable, so a typo is caught at start-up rather than at load.
-BUILTIN_PLACEHOLDERS = ("PORT", "MODEL_ID", "MODEL_PATH", "STATE_DIR", "ROOT", "PYTHON")
+BUILTIN_PLACEHOLDERS = (
+    "PORT",
+    "MODEL_ID",
+    "MODEL_PATH",
+    "STATE_DIR",
+    "ROOT",
+    "PYTHON",
+    # Set from the service's placement: its GPUs, how many, and the share of
+    # each card reserved for it (vLLM's --gpu-memory-utilization).
+    "CUDA_VISIBLE_DEVICES",
+    "GPU_COUNT",
+    "GPU_MEMORY_FRACTION",
+)
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 
@@ -75,12 +87,31 @@ class ModelConfig(_Strict):
         120.0, gt=0, description="Seconds to wait for the health check to pass before giving up."
     )
     health_path: str = Field("/health", description="Path that answers 200 once the service is ready.")
-    memory_gb: float = Field(
-        0.0, ge=0, description="Memory the service needs, counted against settings.memory_budget_gb."
+    memory_gb: float | None = Field(
+        None,
+        ge=0,
+        description="Memory the service needs (GPU memory when it runs on GPUs, split evenly across them; "
+        "else host memory). Unset: measured from its last run, else estimated from the model's config.json, "
+        "else 0 (unknown).",
     )
-    ttl: float = Field(
-        0.0, ge=0, description="Seconds idle before the service is stopped; 0 keeps it running."
+    gpus: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="GPUs the service needs (tensor parallel size); 0 runs it on the CPU in host memory. "
+        "Unset: 1 on a host with GPUs (0 for type 'service'), else 0.",
     )
+    priority: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="Eviction priority: when room must be made, services of lower priority are stopped first.",
+    )
+    ttl: float | None = Field(
+        None, ge=0, description="Seconds idle before the service is stopped; 0 keeps it running. "
+        "Unset: settings.ttl."
+    )
+    preload: bool = Field(False, description="Start it when the orchestrator starts, not on its first request.")
     max_concurrency: int = Field(
         0, ge=0, description="Requests forwarded at once; 0 means no limit. Others wait in a queue."
     )
@@ -135,12 +166,32 @@ class Settings(_Strict):
     host: str = Field("127.0.0.1", description="Address the orchestrator listens on.")
     port: int = Field(9000, ge=1, le=65535, description="Port of the one OpenAI-compatible endpoint.")
     memory_budget_gb: float | None = Field(
-        None, gt=0, description="Memory all services may hold together; null means no limit."
+        None,
+        gt=0,
+        description="Host memory (RAM) that services running on the CPU may hold together; "
+        "null: 90% of the host's RAM.",
+    )
+    gpu_reserve_gb: float = Field(
+        0.5,
+        ge=0,
+        description="Memory kept free on each GPU (driver, CUDA contexts, other programs); "
+        "services may reserve the rest.",
     )
     gpus: list[SimulatedGPU] | None = Field(
         None,
         description="A simulated GPU inventory, used instead of NVML (for CPU hosts and tests); "
         "null: discover the host's NVIDIA GPUs.",
+    )
+    ttl: float = Field(
+        0.0, ge=0, description="Seconds idle before a service is stopped, for models with no `ttl` of their own; "
+        "0 keeps them running."
+    )
+    keep_alive_min: float = Field(
+        0.0, ge=0, description="Least a request's keep_alive may ask for, in seconds (shorter ones are raised to it)."
+    )
+    keep_alive_max: float | None = Field(
+        None, ge=0, description="Most a request's keep_alive may ask for, in seconds (longer ones, and 'forever', "
+        "are cut to it); null: no limit."
     )
     max_request_mb: float = Field(16.0, gt=0, description="Largest request body accepted (413 above it).")
     upstream_timeout: float = Field(
@@ -148,6 +199,12 @@ class Settings(_Strict):
     )
     eviction_wait: float = Field(
         30.0, ge=0, description="Seconds a load waits for busy services to go idle before answering 503."
+    )
+    fair_wait: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds a load waits for busy services before they stop taking new requests "
+        "(held until the load got their memory), so that a popular model cannot starve the others.",
     )
     shutdown_grace: float = Field(
         10.0, ge=0, description="Seconds a service gets between SIGTERM and SIGKILL."

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import ROOT_DIR, Config, ModelConfig, expand
@@ -19,6 +20,22 @@ from core.process import INSTANCE_ENV, PARENT_ENV, LaunchSpec
 
 # Engines whose server lives in models/<engine>/server.py.
 PYTHON_ENGINES = ("transformers",)
+
+
+@dataclass(frozen=True)
+class GpuAssignment:
+    """The GPUs a service was placed on, and the share of each card's memory
+    reserved for it. No GPU indices: it runs on the CPU, and sees no GPU."""
+
+    indices: tuple[int, ...] = ()
+    memory_fraction: float = 0.0
+
+    def placeholders(self) -> dict[str, str]:
+        return {
+            "CUDA_VISIBLE_DEVICES": ",".join(map(str, self.indices)),
+            "GPU_COUNT": str(len(self.indices)),
+            "GPU_MEMORY_FRACTION": f"{self.memory_fraction:.3f}",
+        }
 
 
 def engine_python(engine: str, envs_dir: Path) -> Path:
@@ -43,27 +60,47 @@ def engine_args(args: dict[str, str | int | float | bool]) -> list[str]:
     return argv
 
 
-def placeholder_values(model_id: str, model: ModelConfig, port: int, config: Config) -> dict[str, str]:
+def placeholder_values(
+    model_id: str, model: ModelConfig, port: int, config: Config, gpus: GpuAssignment | None = None
+) -> dict[str, str]:
     values = {
         "PORT": str(port),
         "MODEL_ID": model_id,
         "STATE_DIR": str(config.state_path()),
         "ROOT": str(ROOT_DIR),
         "PYTHON": sys.executable,
+        **(gpus or GpuAssignment()).placeholders(),
     }
     values["MODEL_PATH"] = expand(model.model or "", values)
     return values
 
 
-def launch_spec(model_id: str, model: ModelConfig, port: int, config: Config, instance: str) -> LaunchSpec:
-    """The command line and environment that start model_id on port.
+def launch_spec(
+    model_id: str,
+    model: ModelConfig,
+    port: int,
+    config: Config,
+    instance: str,
+    gpus: GpuAssignment | None = None,
+) -> LaunchSpec:
+    """The command line and environment that start model_id on port, on the
+    GPUs it was placed on (gpus None: the host has no GPU inventory, so the
+    environment's CUDA_VISIBLE_DEVICES is left as it is).
 
     Raises ServiceError(503) naming the fix when the engine's environment or
     the model's files are missing, before anything is spawned.
     """
-    values = placeholder_values(model_id, model, port, config)
+    values = placeholder_values(model_id, model, port, config, gpus)
     env = dict(os.environ)
     env.update({key: expand(value, values) for key, value in model.env.items()})
+    if gpus is not None:
+        # Set after the model's own env: memory accounting depends on the
+        # service using exactly the GPUs it was given (and none when on CPU).
+        env["CUDA_VISIBLE_DEVICES"] = values["CUDA_VISIBLE_DEVICES"]
+        # CUDA numbers GPUs fastest first unless told otherwise; NVML's indices
+        # (the inventory's) follow the PCI bus.
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        env["MODELYARD_GPU_MEMORY_FRACTION"] = values["GPU_MEMORY_FRACTION"]
     env.update(
         {
             "PORT": str(port),

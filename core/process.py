@@ -166,7 +166,10 @@ class ServiceProcess:
 
         def wait_for_exit() -> None:
             code = popen.wait()
-            loop.call_soon_threadsafe(lambda: exited.done() or exited.set_result(code))
+            try:
+                loop.call_soon_threadsafe(lambda: exited.done() or exited.set_result(code))
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
 
         threading.Thread(target=wait_for_exit, name=f"wait-{self.name}", daemon=True).start()
 
@@ -223,6 +226,16 @@ class ServiceProcess:
         # The leader may be gone while children it spawned linger: kill the group.
         _signal_group(pgid, signal.SIGKILL)
         return await asyncio.shield(self._exited)
+
+    def pids(self) -> list[int]:
+        """The service's pid and its children's (they may hold GPU memory too)."""
+        if self._popen is None or self.returncode is not None:
+            return []
+        try:
+            root = psutil.Process(self._popen.pid)
+            return [root.pid, *(child.pid for child in root.children(recursive=True))]
+        except psutil.Error:
+            return []
 
     def memory_bytes(self) -> int:
         """Resident memory of the service and all its children."""

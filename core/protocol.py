@@ -6,11 +6,40 @@ orchestrator does not know about, and the orchestrator forwards them untouched.
 
 from __future__ import annotations
 
+import math
+import re
 import time
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
+
+
+def parse_keep_alive(value: str | int | float) -> float:
+    """Ollama's keep_alive: seconds as a number, or a Go-style duration
+    ("30s", "5m", "1h30m"); negative means forever (math.inf), 0 means
+    unload as soon as the model is idle."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number of seconds or a duration such as '5m'")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = value.strip()
+        sign = -1.0 if text.startswith("-") else 1.0
+        body = text.lstrip("+-")
+        try:
+            seconds = sign * float(body)  # "300" means seconds
+        except ValueError:
+            parts = _DURATION_PART.findall(body)
+            if not body or "".join(n + u for n, u in parts) != body:
+                raise ValueError(f"{value!r} is not a duration; use seconds or e.g. '30s', '5m', '1h30m'") from None
+            scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+            seconds = sign * sum(float(n) * scale[u] for n, u in parts)
+    if math.isnan(seconds):
+        raise ValueError("must be a number of seconds or a duration such as '5m'")
+    return math.inf if seconds < 0 else seconds
 
 
 class _OpenAIRequest(BaseModel):
@@ -19,6 +48,16 @@ class _OpenAIRequest(BaseModel):
 
     model: str = Field(min_length=1)
     stream: bool = False
+    # How long the model stays loaded once idle after this request (Ollama's
+    # keep_alive); the orchestrator consumes it, the engine never sees it.
+    keep_alive: str | int | float | None = None
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _duration(cls, value: str | int | float | None) -> str | int | float | None:
+        if value is not None:
+            parse_keep_alive(value)
+        return value
 
 
 class ChatMessage(BaseModel):

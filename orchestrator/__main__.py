@@ -7,15 +7,18 @@ import asyncio
 import gc
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 import uvloop
 
 from core.config import ROOT_DIR, ConfigError, load_config
+from core.errors import ServiceError
 from core.instance import InstanceLocked, acquire_lock, instance_id
 from core.gpu import discover
 from core.logs import configure_logging, log_event
@@ -49,7 +52,7 @@ def banner(host: str, port: int, config_path: str, state: Path, models: list[str
     )
 
 
-async def serve(server: uvicorn.Server, message: str) -> None:
+async def serve(server: uvicorn.Server, message: str, reload: Any) -> None:
     async def announce() -> None:
         while not server.started:
             if server.should_exit:
@@ -57,9 +60,30 @@ async def serve(server: uvicorn.Server, message: str) -> None:
             await asyncio.sleep(0.02)
         print(message, flush=True)
 
+    reloads: set[asyncio.Task[Any]] = set()
+
+    async def reload_quietly() -> None:
+        try:
+            await reload()
+        except ServiceError as exc:
+            log_event(log, "reload on SIGHUP failed", logging.WARNING, reason=exc.message)
+        except Exception:  # noqa: BLE001 - a signal handler has nobody else to tell
+            log.exception("reload on SIGHUP failed")
+
+    def on_sighup() -> None:
+        task = asyncio.create_task(reload_quietly())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    # SIGHUP re-reads models.yaml, like nginx and most daemons.
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     task = asyncio.create_task(announce())
-    await server.serve()
-    task.cancel()
+    try:
+        await server.serve()
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+        task.cancel()
 
 
 class Server(uvicorn.Server):
@@ -126,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         log_event(log, f"GPUs ({inventory.source}): {names}")
     else:
         log_event(log, f"no GPU: {inventory.reason}; models run on the CPU with host memory")
-    app = create_app(config, instance)
+    app = create_app(config, instance, inventory, args.config)
     # Everything built so far lives as long as the process: keep it out of the
     # collector's full passes, which otherwise cost 30-50 ms pauses (bench p99).
     gc.collect()
@@ -143,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout_graceful_shutdown=max(1, int(settings.shutdown_grace)),
         ),
     )
-    uvloop.run(serve(server, banner(host, port, args.config, state, list(config.models))))
+    uvloop.run(serve(server, banner(host, port, args.config, state, list(config.models)), app.reload))
     return 0 if server.started else 1
 
 

@@ -27,6 +27,13 @@ def describe(service: Service) -> dict[str, Any]:
         "pid": process.pid if process else None,
         "port": service.port,
         "memory_gb": service.config.memory_gb,
+        "gpus": service.gpus,
+        "pools": list(service.placement.pools) if service.placement else [],
+        "reserved_gb": round(service.reserved_gb, 3),
+        "need_source": service.need_source,
+        "measured_gb": round(service.measured_gb, 3) if service.measured_gb is not None else None,
+        "cuda_visible_devices": ",".join(map(str, service.assignment.indices)) if service.assignment else None,
+        "gpu_memory_fraction": service.assignment.memory_fraction if service.assignment else None,
         "rss_bytes": process.memory_bytes() if process else 0,
         "uptime_s": round(now - service.started_at, 1) if service.started_at else None,
         "idle_s": round(now - service.last_used, 1) if service.last_used else None,
@@ -38,7 +45,31 @@ def describe(service: Service) -> dict[str, Any]:
         "last_error": service.last_error,
         "pinned": service.config.pinned,
         "ttl": service.config.ttl,
+        # The last request's keep_alive for this run (-1: forever), else null.
+        "keep_alive_s": None if service.keep_alive is None else (-1 if service.keep_alive == float("inf") else service.keep_alive),
     }
+
+
+def pool_usage(scheduler: Scheduler) -> list[dict[str, Any]]:
+    """Each memory pool (host, gpu0 ...) with its budget and reservations."""
+    rows = []
+    for pool in scheduler.pools:
+        held: dict[str, float] = {}
+        for s in scheduler.memory_holders():
+            if s.placement is not None and pool.name in s.placement.reservation:
+                held[s.id] = held.get(s.id, 0.0) + round(s.placement.reservation[pool.name], 3)
+        rows.append(
+            {
+                "name": pool.name,
+                "label": pool.label,
+                "gpu_index": pool.gpu_index,
+                "total_gb": round(pool.total_gb, 2) if pool.total_gb else None,
+                "budget_gb": pool.budget_gb,
+                "reserved_gb": round(sum(held.values()), 3),
+                "services": held,
+            }
+        )
+    return rows
 
 
 def build_admin_router() -> APIRouter:
@@ -58,7 +89,7 @@ def build_admin_router() -> APIRouter:
         scheduler = scheduler_of(request)
         return {
             "services": [describe(s) for s in scheduler.services.values()],
-            "memory_budget_gb": scheduler.settings.memory_budget_gb,
+            "pools": pool_usage(scheduler),
         }
 
     @router.get("/gpus")
@@ -72,9 +103,22 @@ def build_admin_router() -> APIRouter:
             s.process.pid: s.id for s in scheduler_of(request).services.values() if s.process and s.process.pid
         }
         body = inventory.as_dict()
+        pools = {p["name"]: p for p in pool_usage(scheduler_of(request))}
         for gpu, row in zip(inventory.gpus, body["gpus"]):
-            row["services"] = {ours[pid]: used for pid, used in gpu.processes.items() if pid in ours}
+            # What NVML measures for our processes, beside what the scheduler reserved.
+            row["measured"] = {ours[pid]: used for pid, used in gpu.processes.items() if pid in ours}
+            pool = pools.get(f"gpu{gpu.index}", {})
+            row["budget_gb"] = pool.get("budget_gb")
+            row["reserved_gb"] = pool.get("reserved_gb")
+            row["reserved"] = pool.get("services", {})
         return body
+
+    @router.post("/reload")
+    async def reload(request: Request, drain: float = Query(30.0, ge=0, le=3600)) -> dict[str, Any]:
+        """Re-read models.yaml: added models can be used at once; removed and
+        changed ones are drained (at most `drain` seconds) and stopped, and a
+        changed one starts anew on its next request."""
+        return await request.app.state.reload(drain)  # type: ignore[no-any-return]
 
     @router.get("/services/{model_id:path}/logs")
     async def service_logs(request: Request, model_id: str, lines: int = Query(100, ge=1, le=10000)) -> dict[str, Any]:
@@ -86,8 +130,7 @@ def build_admin_router() -> APIRouter:
     @router.post("/services/{model_id:path}/load")
     async def load_service(request: Request, model_id: str) -> dict[str, Any]:
         service = service_of(request, model_id)
-        await scheduler_of(request).load(service.id)
-        return describe(service)
+        return describe(await scheduler_of(request).load(service.id))
 
     @router.post("/services/{model_id:path}/unload")
     async def unload_service(
@@ -96,7 +139,7 @@ def build_admin_router() -> APIRouter:
         """Stop a service after its in-flight requests finish (at most `drain` seconds)."""
         service = service_of(request, model_id)
         await scheduler_of(request).unload(service.id, drain=drain)
-        return describe(service)
+        return describe(scheduler_of(request).services.get(service.id, service))  # a reload may have replaced it
 
     @router.get("/services/{model_id:path}")
     async def get_service(request: Request, model_id: str) -> dict[str, Any]:

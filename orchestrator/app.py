@@ -8,29 +8,57 @@ proxy.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from starlette.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.responses import JSONResponse, Response
 
-from core.config import Config
+from core.config import Config, ConfigError, load_config
+from core.errors import ServiceError
+from core.logs import log_event
 from core.engines import launch_spec
+from core.gpu import Inventory
 from core.http_errors import install_error_handlers
 from orchestrator.admin import build_admin_router
 from orchestrator.endpoint import ROUTES, OpenAIEndpoint
+from orchestrator.footprints import Footprints
+from orchestrator.metrics import SchedulerCollector, SchedulerMetrics
 from orchestrator.proxy import Proxy
 from orchestrator.registry import Registry
 from orchestrator.scheduler import Scheduler
 
+log = logging.getLogger("modelyard.orchestrator")
 
-def create_app(config: Config, instance: str) -> OpenAIEndpoint:
+
+# Settings that only a restart can change: reload keeps their old values.
+RESTART_SETTINGS = ("host", "port", "gpus", "upstream_timeout", "log_level")
+
+
+def create_app(
+    config: Config,
+    instance: str,
+    inventory: Inventory | None = None,
+    config_path: str | os.PathLike[str] | None = None,
+) -> OpenAIEndpoint:
     registry = Registry(config)
+    footprints = Footprints(config.state_path() / "orchestrator.db")
+    metrics_registry = CollectorRegistry()
     scheduler = Scheduler(
-        config, lambda model_id, model, port: launch_spec(model_id, model, port, config, instance)
+        config,
+        # scheduler.config: the configuration of now, after any reload
+        lambda model_id, model, port, gpus: launch_spec(model_id, model, port, scheduler.config, instance, gpus),
+        inventory,
+        footprints,
+        SchedulerMetrics(metrics_registry),
     )
+    metrics_registry.register(SchedulerCollector(scheduler))
     proxy = Proxy(config.settings.upstream_timeout)
 
     @asynccontextmanager
@@ -42,6 +70,7 @@ def create_app(config: Config, instance: str) -> OpenAIEndpoint:
         app.state.ready = False
         await scheduler.shutdown()
         await proxy.close()
+        footprints.close()
 
     app = FastAPI(title="modelyard", version="0.1.0", lifespan=lifespan)
     app.state.config = config
@@ -53,7 +82,7 @@ def create_app(config: Config, instance: str) -> OpenAIEndpoint:
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
         data = []
-        for model_id, model in config.models.items():
+        for model_id, model in scheduler.config.models.items():
             service = scheduler.services[model_id]
             data.append(
                 {
@@ -67,6 +96,10 @@ def create_app(config: Config, instance: str) -> OpenAIEndpoint:
                 }
             )
         return {"object": "list", "data": data}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -102,5 +135,55 @@ def create_app(config: Config, instance: str) -> OpenAIEndpoint:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    body_limit = int(config.settings.max_request_mb * 1024 * 1024)
-    return OpenAIEndpoint(app, registry, scheduler, proxy, body_limit)
+    endpoint = OpenAIEndpoint(app, registry, scheduler, proxy, body_limit_of(config))
+    reloading = asyncio.Lock()
+
+    async def reload(drain: float = 30.0) -> dict[str, Any]:
+        """Re-read models.yaml and apply it (SIGHUP, POST /admin/reload). A
+        file with errors changes nothing: 400 listing them."""
+        if config_path is None:
+            raise ServiceError(409, "this orchestrator was not started from a file", code="reload_unavailable")
+        if scheduler.closing:
+            raise ServiceError(503, "the orchestrator is shutting down", code="shutting_down", retry_after=5)
+        try:
+            new = await asyncio.to_thread(load_config, config_path)
+        except ConfigError as err:
+            log_event(log, "reload rejected", logging.ERROR, problems=err.problems)
+            raise ServiceError(
+                400, f"the configuration was not reloaded (the running one stays): {err}", code="invalid_config"
+            ) from None
+        if not new.models and scheduler.config.models:
+            # Most likely a file caught half-written by an editor: refuse rather than stop everything.
+            log_event(log, "reload rejected", logging.ERROR, problems=["the new file has no models"])
+            raise ServiceError(
+                409,
+                f"{config_path} has no models now; reloading it would stop every model, so it was not reloaded "
+                "(to serve nothing, stop the orchestrator)",
+                code="reload_refused",
+            )
+        # Shielded: a caller that goes away must not leave a reload half done.
+        return await asyncio.shield(apply(new, drain))
+
+    async def apply(new: Config, drain: float) -> dict[str, Any]:
+        async with reloading:  # reloads apply one after another, in order
+            current = scheduler.config.settings
+            kept = [name for name in RESTART_SETTINGS if getattr(new.settings, name) != getattr(current, name)]
+            if kept:
+                new.settings = new.settings.model_copy(update={name: getattr(current, name) for name in kept})
+            # No await between these and the scheduler's first step: no request
+            # sees a name the scheduler does not know yet.
+            registry.update(new)
+            endpoint.body_limit = body_limit_of(new)
+            app.state.config = new
+            report: dict[str, Any] = await scheduler.reconfigure(new, drain)
+        report["restart_required"] = kept
+        log_event(log, "configuration reloaded", path=str(config_path), **report)
+        return report
+
+    app.state.reload = reload
+    endpoint.reload = reload
+    return endpoint
+
+
+def body_limit_of(config: Config) -> int:
+    return int(config.settings.max_request_mb * 1024 * 1024)

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from core.errors import ServiceError
 from core.http_errors import describe_validation
-from core.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from core.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, parse_keep_alive
 from orchestrator.proxy import Proxy, send_json
 from orchestrator.registry import Registry
 from orchestrator.scheduler import Lease, Scheduler
@@ -96,6 +96,7 @@ class OpenAIEndpoint:
         self.scheduler = scheduler
         self.proxy = proxy
         self.body_limit = body_limit
+        self.reload: Any = None  # app.py's reload(drain): re-read models.yaml
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] in ROUTES:
@@ -150,10 +151,13 @@ class OpenAIEndpoint:
                 payload = parse_request(body, ROUTES[route])
                 model_id, model = self.registry.resolve(payload["model"], route)
                 upstream_name = model.served_name or model_id
-                if payload["model"] != upstream_name:
+                keep_alive = payload.pop("keep_alive", None)
+                if payload["model"] != upstream_name or keep_alive is not None:
                     payload["model"] = upstream_name
                     body = orjson.dumps(payload)
-                lease = await self.scheduler.acquire(model_id)
+                lease = await self.scheduler.acquire(
+                    model_id, None if keep_alive is None else parse_keep_alive(keep_alive)
+                )
             except ServiceError as exc:
                 answered = True
                 await self._error(send, exc, request_id)

@@ -18,12 +18,16 @@ ROUTE_TYPES: dict[str, tuple[str, ...]] = {
 
 class Registry:
     def __init__(self, config: Config) -> None:
-        self.models = config.models
-        self.names: dict[str, str] = {}
+        self.update(config)
+
+    def update(self, config: Config) -> None:
+        """Serve config's names from now on (a reload)."""
+        names: dict[str, str] = {}
         for model_id, model in config.models.items():
-            self.names[model_id] = model_id
+            names[model_id] = model_id
             for alias in model.aliases:
-                self.names[alias] = model_id
+                names[alias] = model_id
+        self.models, self.names = config.models, names
 
     def resolve(self, name: str, route: str) -> tuple[str, ModelConfig]:
         model_id = self.names.get(name)

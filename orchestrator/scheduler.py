@@ -1,23 +1,26 @@
-"""Decides which services run: single-flight loads, a memory budget with
-least-recently-used eviction of idle services, backoff for failing loads,
-idle unloading, and per-model concurrency limits.
+"""Decides which services run: single-flight loads, placement on the host's
+memory pools (RAM and each GPU, see placement.py) with eviction of the idle
+services cheapest to lose, a bounded wait for busy ones, backoff for failing
+loads, idle unloading, per-model concurrency limits, and reloads of
+models.yaml.
 
 Policy (the reader's summary; docs/ARCHITECTURE.md has the longer one):
 - A request first registers on its model (`in_flight`), then waits for it to
   be ready. A service with anything in flight is never evicted, so a model
   loaded for waiting requests cannot be evicted before they use it.
-- Loads take the placement lock only to decide and to evict; the slow part
-  (process start, health wait) runs outside it, with the memory reserved.
+- Loads take the placement lock only to decide; victims stop and the new
+  process starts outside it, their memory counted until they are gone.
 - A model that cannot fit even after evicting every unpinned service fails at
-  once (507). One that could fit once busy services drain waits up to
-  settings.eviction_wait, then 503 with Retry-After.
+  once (507). One that could fit once busy services drain waits; after
+  settings.fair_wait those services stop taking new requests (they wait at
+  their gate) so that they drain; after settings.eviction_wait, 503.
 - A failed load is not retried for each request: the next attempt waits
   1, 2, 4 ... 60 s, and requests in between get 503 with Retry-After. A crash
   restarts on the next request; repeated crashes back off the same way (the
   count resets once a service has stayed up for STABLE_UPTIME).
-- Every way out of STARTING or READY (failed or cancelled load, eviction,
-  unload, idle unload, crash) goes through _retire(), which kills the whole
-  process group and always finishes, even when its caller is cancelled.
+- Every way out of STARTING or READY goes through _begin_stop(), which kills
+  the whole process group and always finishes, even when its caller is
+  cancelled.
 
 The scheduler knows nothing of HTTP requests; it hands out leases with a URL.
 """
@@ -25,119 +28,117 @@ The scheduler knows nothing of HTTP requests; it hands out leases with a URL.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
+import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
+import psutil
 
 from core.config import Config, ModelConfig
+from core.engines import GpuAssignment
 from core.errors import ServiceError
+from core.gpu import GIB, Inventory
 from core.logs import log_event
 from core.process import LaunchSpec, ServiceProcess, StartupError, free_port
+from orchestrator.footprints import Footprints, fingerprint
+from orchestrator.metrics import SchedulerMetrics
+from orchestrator.placement import HOST, Holder, Need, Placement, Pool, Unplaceable, place
+from orchestrator.service import Lease, Service, State
+from orchestrator.sizing import Sizing
 
 log = logging.getLogger("modelyard.scheduler")
 
 MAX_BACKOFF = 60.0
 # A service that ran this long before crashing starts its crash count afresh.
 STABLE_UPTIME = 60.0
-Launcher = Callable[[str, ModelConfig, int], LaunchSpec]
+# Eviction cost, in expected seconds lost: the victim's reload time plus the
+# fixed cost of any swap, times its heat (its requests, each decaying by half
+# every HEAT_HALF_LIFE s: a model used often and lately is dear). Priority
+# outranks all of it.
+SWAP_SECONDS = 5.0
+HEAT_HALF_LIFE = 60.0
+PRIORITY_WEIGHT = 1e6
+# Host memory services on the CPU may use when settings.memory_budget_gb is unset.
+DEFAULT_HOST_SHARE = 0.9
+Launcher = Callable[[str, ModelConfig, int, "GpuAssignment | None"], LaunchSpec]
+Observer = Callable[[Service, State, State], None]
+# Fields whose change makes a reload restart a running service; others apply in place.
+RESTART_FIELDS = ("engine", "model", "cmd", "args", "env", "gpus", "health_path", "type")
 
 
-class State(str, enum.Enum):
-    STOPPED = "stopped"
-    STARTING = "starting"
-    READY = "ready"
-    STOPPING = "stopping"
-    FAILED = "failed"
-
-
-@dataclass
-class Service:
-    id: str
-    config: ModelConfig
-    state: State = State.STOPPED
-    process: ServiceProcess | None = None
-    port: int | None = None
-    in_flight: int = 0  # requests holding or waiting for this service
-    queued: int = 0  # of those, waiting for a concurrency slot
-    last_used: float = 0.0
-    started_at: float | None = None
-    load_seconds: float | None = None
-    failures: int = 0
-    retry_at: float = 0.0
-    last_error: str | None = None
-    starts: int = 0
-    load_task: asyncio.Task[None] | None = None
-    stopped: asyncio.Event = field(default_factory=asyncio.Event)
-    slots: asyncio.Semaphore | None = None
-
-    def __post_init__(self) -> None:
-        self.stopped.set()
-        if self.config.max_concurrency:
-            self.slots = asyncio.Semaphore(self.config.max_concurrency)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def holds_memory(self) -> bool:
-        return self.state in (State.STARTING, State.READY, State.STOPPING)
-
-    def evictable(self) -> bool:
-        return self.state is State.READY and self.in_flight == 0 and not self.config.pinned
-
-
-class Lease:
-    """A request's hold on a ready service; release() exactly once."""
-
-    __slots__ = ("service", "url", "waited", "responded", "_scheduler", "_released", "_slot")
-
-    def __init__(self, scheduler: "Scheduler", service: Service, waited: float, slot: bool) -> None:
-        self._scheduler = scheduler
-        self.service = service
-        self.url = service.url
-        self.waited = waited
-        self.responded = False  # the proxy set it once the answer's headers went out
-        self._slot = slot
-        self._released = False
-
-    def release(self) -> None:
-        if self._released:
-            return
-        self._released = True
-        self._scheduler._release(self.service, self._slot)
+class _Retired(Exception):
+    """The service was replaced by a reload: go through the gate again."""
 
 
 class Scheduler:
-    def __init__(self, config: Config, launcher: Launcher) -> None:
+    def __init__(
+        self,
+        config: Config,
+        launcher: Launcher,
+        inventory: Inventory | None = None,
+        footprints: Footprints | None = None,
+        metrics: SchedulerMetrics | None = None,
+    ) -> None:
         self.config = config
         self.settings = config.settings
         self.launcher = launcher
-        self.services = {model_id: Service(model_id, model) for model_id, model in config.models.items()}
+        self.inventory = inventory or Inventory("none", [], "no inventory given")
+        self.pools = memory_pools(config, self.inventory)
+        self.sizing = Sizing(self.inventory, footprints)
+        self.metrics = metrics
+        self.observers: list[Observer] = [metrics.transition] if metrics else []  # on every state change
+        self.services = {model_id: self._new_service(model_id, model) for model_id, model in config.models.items()}
+        self._retired: set[Service] = set()  # replaced by a reload, still holding memory
         self._placement = asyncio.Lock()
         self._changed = asyncio.Condition()
         self._session: aiohttp.ClientSession | None = None
         self._idle_unloader: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()  # background tasks, kept referenced
+        self._tasks: set[asyncio.Task[Any]] = set()  # background tasks, kept referenced
+        self._stops: set[asyncio.Task[None]] = set()  # process-group stops: never cancelled
         self._waiting = 0  # coroutines waiting on _changed; no notify work without them
         self.closing = False
+
+    def _new_service(self, model_id: str, model: ModelConfig) -> Service:
+        service = Service(model_id, model)
+        wanted = model.gpus
+        service.gpus = wanted if wanted is not None else int(bool(self.inventory.gpus) and model.type != "service")
+        service.fingerprint = fingerprint(model, service.gpus)
+        return service
+
+    def memory_holders(self) -> Iterator[Service]:
+        """Every service whose memory counts now, replaced ones included."""
+        for service in [*self.services.values(), *self._retired]:
+            if service.holds_memory and service.placement is not None:
+                yield service
 
     # --- lifecycle ----------------------------------------------------------
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession()
         self._idle_unloader = asyncio.create_task(self._unload_idle_forever())
+        preload = sorted((s for s in self.services.values() if s.config.preload), key=lambda s: -s.config.priority)
+        for service in preload:
+            self._spawn(self._preload(service))
+
+    async def _preload(self, service: Service) -> None:
+        try:
+            await self.load(service.id)
+        except ServiceError as exc:  # its requests will see the same error (and its backoff)
+            log_event(log, "preload failed", logging.ERROR, model=service.id, reason=exc.message)
 
     async def shutdown(self) -> None:
         self.closing = True
         if self._idle_unloader:
             self._idle_unloader.cancel()
-        await asyncio.gather(*(self.unload(s.id) for s in self.services.values()), return_exceptions=True)
+        await asyncio.gather(
+            *(self._unload(s, 0.0, "shutdown") for s in [*self.services.values(), *self._retired]),
+            return_exceptions=True,
+        )
+        if self._stops:
+            await asyncio.wait(list(self._stops))  # replaced services still stopping
         for task in list(self._tasks):
             task.cancel()
         if self._session:
@@ -151,44 +152,82 @@ class Scheduler:
 
     # --- requests -----------------------------------------------------------
 
-    async def acquire(self, model_id: str) -> Lease:
-        """Wait until model_id's service is ready and a slot is free."""
-        service = self.services[model_id]
+    async def acquire(self, model_id: str, keep_alive: float | None = None) -> Lease:
+        """Wait until model_id's service is ready and a slot is free.
+        keep_alive (seconds, inf: forever): how long the model stays loaded
+        once idle, from now on (the request's Ollama-style keep_alive)."""
         began = time.monotonic()
+        while True:
+            service = await self._pass_gate(model_id)
+            try:
+                slot = await self._take(service)
+                break
+            except _Retired:
+                continue
+        now = time.monotonic()
+        if keep_alive is not None:
+            high = self.settings.keep_alive_max
+            service.keep_alive = max(self.settings.keep_alive_min, min(keep_alive, math.inf if high is None else high))
+        self._touch(service, now)
+        if self.metrics:
+            self.metrics.wait_seconds.labels(model_id).observe(now - began)
+        return Lease(service, now - began, slot, self._release)
+
+    async def _take(self, service: Service) -> asyncio.Semaphore | None:
+        """Register on service, wait until it is ready, then for a slot."""
         service.in_flight += 1
-        slot = False
         try:
             while True:
                 await self._ensure_ready(service)
-                if service.slots is None:
-                    break
-                if service.slots.locked() and service.queued >= service.config.max_queue:
+                slots = service.slots
+                if slots is None:
+                    return None
+                if slots.locked() and service.queued >= service.config.max_queue:
                     raise ServiceError(
                         429,
-                        f"model '{model_id}' is at its concurrency limit "
+                        f"model '{service.id}' is at its concurrency limit "
                         f"({service.config.max_concurrency}) with {service.queued} requests queued",
                         code="queue_full",
                         retry_after=1,
                     )
                 service.queued += 1
                 try:
-                    await service.slots.acquire()
+                    await slots.acquire()
                 finally:
                     service.queued -= 1
                 if service.state is State.READY:
-                    slot = True
-                    break
-                service.slots.release()  # it stopped or crashed while we queued: start over
+                    return slots
+                slots.release()  # it stopped or crashed while we queued: start over
         except BaseException:
             service.in_flight -= 1
             self._notify()
             raise
-        service.last_used = time.monotonic()
-        return Lease(self, service, time.monotonic() - began, slot)
 
-    def _release(self, service: Service, slot: bool) -> None:
-        if slot and service.slots is not None:
-            service.slots.release()
+    async def _pass_gate(self, model_id: str) -> Service:
+        """The service for model_id, once nothing holds its gate (a reload
+        restarting it, a load waiting for its memory)."""
+        service = self.services.get(model_id)
+        while service is not None and service.gate.closed:
+            await service.gate.wait()  # not yet in flight: a drain does not wait for us
+            service = self.services.get(model_id)  # a reload may have replaced it
+        if service is None:
+            raise ServiceError(
+                404, f"the model '{model_id}' was removed from the configuration", code="model_not_found",
+                param="model",
+            )
+        return service
+
+    def _touch(self, service: Service, now: float) -> None:
+        service.last_used = now
+        service.heat = self.heat(service, now) + 1.0
+        service.heat_at = now
+
+    def heat(self, service: Service, now: float) -> float:
+        return service.heat * 0.5 ** (max(0.0, now - service.heat_at) / HEAT_HALF_LIFE)
+
+    def _release(self, service: Service, slot: asyncio.Semaphore | None) -> None:
+        if slot is not None:
+            slot.release()
         service.in_flight -= 1
         service.last_used = time.monotonic()
         if service.in_flight == 0:
@@ -204,6 +243,8 @@ class Scheduler:
                 await service.stopped.wait()
                 continue
             if service.load_task is None or service.load_task.done():
+                if service.retired:
+                    raise _Retired  # its new version is in self.services
                 if service.state is State.FAILED and time.monotonic() < service.retry_at:
                     raise self._unavailable(service)
                 service.load_task = asyncio.create_task(self._load(service))
@@ -235,14 +276,18 @@ class Scheduler:
     async def load(self, model_id: str) -> Service:
         """Start model_id if needed (the admin API's load); waits for ready.
         Unlike acquire(), it takes no concurrency slot."""
-        service = self.services[model_id]
-        service.in_flight += 1  # interest: nothing evicts it while we wait
-        try:
-            await self._ensure_ready(service)
-        finally:
-            service.in_flight -= 1
-            service.last_used = time.monotonic()
-            self._notify()
+        while True:
+            service = await self._pass_gate(model_id)
+            service.in_flight += 1  # interest: nothing evicts it while we wait
+            try:
+                await self._ensure_ready(service)
+                break
+            except _Retired:
+                continue
+            finally:
+                service.in_flight -= 1
+                self._notify()
+        self._touch(service, time.monotonic())
         return service
 
     async def _load(self, service: Service) -> None:
@@ -251,7 +296,7 @@ class Scheduler:
         process: ServiceProcess | None = None
         try:
             service.port = free_port()
-            spec = self.launcher(service.id, service.config, service.port)
+            spec = self.launcher(service.id, service.config, service.port, service.assignment)
             process = ServiceProcess(service.id, spec)
             service.process = process
             process.start()
@@ -263,7 +308,8 @@ class Scheduler:
             )
         except asyncio.CancelledError:
             # Unloaded or shutting down on purpose: not a failure to back off from.
-            await self._retire(service, process, State.STOPPED)
+            self._count_load(service, "cancelled")
+            await asyncio.shield(self._begin_stop(service, process, State.STOPPED))
             raise
         except Exception as exc:  # noqa: BLE001 - whatever broke, the client gets a 503 that says what
             error = exc if isinstance(exc, ServiceError) else None
@@ -271,87 +317,147 @@ class Scheduler:
             if not isinstance(exc, (StartupError, ServiceError)):
                 log.exception("starting %s failed unexpectedly", service.id)
             service.failures += 1
+            self._count_load(service, "failed")
             retry_at = time.monotonic() + _backoff(service.failures)
-            await self._retire(service, process, State.FAILED, reason=reason, retry_at=retry_at)
+            await asyncio.shield(self._begin_stop(service, process, State.FAILED, reason=reason, retry_at=retry_at))
             raise ServiceError(
                 error.status if error else 503,
                 f"model '{service.id}' failed to start: {reason}",
                 code=error.code if error and error.code else "model_load_failed",
                 retry_after=max(1.0, retry_at - time.monotonic()),
             ) from None
-        service.state = State.READY
         service.started_at = time.monotonic()
         service.load_seconds = service.started_at - began
         service.last_used = service.started_at
-        log_event(log, "service ready", model=service.id, pid=process.pid, load_seconds=round(service.load_seconds, 3))
+        service.measured_gb = None
+        self._count_load(service, "ready", service.load_seconds)
+        self._set_state(service, State.READY)
+        log_event(
+            log, "service ready", model=service.id, pid=process.pid, load_seconds=round(service.load_seconds, 3),
+            pools=",".join(service.placement.pools if service.placement else ()),
+            reserved_gb=round(service.reserved_gb, 2), need_source=service.need_source,
+        )
+        running = lambda: service.process is process and service.state is State.READY  # noqa: E731
+        self._spawn(self.sizing.follow(service, process, running))
         self._spawn(self._watch_exit(service, process))
         self._notify()
 
     async def _reserve(self, service: Service) -> None:
-        """Make room for service (evicting idle ones) and mark it STARTING,
-        which reserves its memory. Waits up to eviction_wait for busy ones,
-        without holding the placement lock while it waits."""
-        deadline = time.monotonic() + self.settings.eviction_wait
-        while True:
-            async with self._placement:
-                victims = self._victims_for(service)
-                if victims is not None:
-                    for victim in victims:
-                        if victim.evictable():  # nothing can change it under the lock, but be sure
-                            log_event(log, "evicting", model=victim.id, for_model=service.id, reason="memory budget")
-                            await self._stop(victim)
-                    if self._victims_for(service) == []:
-                        service.state = State.STARTING
+        """Place service (evicting idle ones to make room) and mark it
+        STARTING, which reserves its memory. Waits up to eviction_wait for busy
+        ones, without holding the placement lock while it waits; after
+        fair_wait, the busy ones it needs stop taking new requests."""
+        need = await self.sizing.need(service, self.config, self.pools)
+        began = time.monotonic()
+        drained: list[Service] = []  # whose gate this load closed
+        tried_drain = False
+        holder = f"load of {service.id}"
+        try:
+            while True:
+                stopping: list[asyncio.Task[None]] = []
+                async with self._placement:
+                    plan = self.plan(service, need)
+                    if plan is not None and not plan.victims:
+                        service.placement = plan
+                        service.assignment = self._assignment(plan)
                         service.stopped.clear()
                         service.last_error = None
+                        self._set_state(service, State.STARTING)
                         return
+                    for victim in [self.services[v] for v in plan.victims] if plan else []:
+                        if victim.evictable():  # nothing can make it busy under the lock, but be sure
+                            log_event(
+                                log, "evicting", model=victim.id, for_model=service.id,
+                                pools=",".join(victim.placement.pools if victim.placement else ()),
+                                reason="memory", cost=round(plan.cost, 2) if plan else None,
+                            )
+                            stopping.append(self._begin_stop_on_purpose(victim, "memory"))
+                if stopping:
+                    # Outside the lock: other models may place meanwhile; the
+                    # victims' memory counts until their processes are gone.
+                    await asyncio.gather(*(asyncio.shield(t) for t in stopping))
                     continue
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                busy = [s.id for s in self.services.values() if s.holds_memory and s is not service]
-                raise ServiceError(
-                    503,
-                    f"model '{service.id}' needs {service.config.memory_gb:g} GB; the models holding memory "
-                    f"({', '.join(busy)}) stayed busy for {self.settings.eviction_wait:g} s",
-                    code="memory_busy",
-                    retry_after=5,
+                waited = time.monotonic() - began
+                if waited >= self.settings.eviction_wait:
+                    busy = sorted({s.id for s in self.memory_holders() if s is not service})
+                    raise ServiceError(
+                        503,
+                        f"model '{service.id}' needs {need:g} GB; the models holding that memory "
+                        f"({', '.join(busy)}) stayed busy for {self.settings.eviction_wait:g} s",
+                        code="memory_busy",
+                        retry_after=5,
+                    )
+                if not tried_drain and waited >= self.settings.fair_wait:
+                    drained, tried_drain = self._drain_for(service, need, holder), True
+                next_step = self.settings.eviction_wait if tried_drain else min(
+                    self.settings.fair_wait, self.settings.eviction_wait
                 )
-            await self._wait_for_change(remaining)
+                await self._wait_for_change(max(0.05, next_step - waited))
+        finally:
+            for busy in drained:
+                busy.gate.open(holder)
 
-    def _victims_for(self, service: Service) -> list[Service] | None:
-        """The idle services to evict so that service fits: [] when it fits
-        now, None when it must wait for busy ones. Raises 507 when it cannot
-        fit even with every unpinned service gone."""
-        budget = self.settings.memory_budget_gb
-        need = service.config.memory_gb
-        if budget is None or need == 0:
-            return []
-        others = [s for s in self.services.values() if s is not service and s.holds_memory]
-        pinned = sum(s.config.memory_gb for s in others if s.config.pinned)
-        if need + pinned > budget:
-            raise ServiceError(
-                507,
-                f"model '{service.id}' needs {need:g} GB but the memory budget is {budget:g} GB"
-                + (f" and pinned models hold {pinned:g} GB" if pinned else "")
-                + "; it cannot fit even after evicting every other model",
-                code="insufficient_memory",
+    def _drain_for(self, service: Service, need: float, holder: str) -> list[Service]:
+        """Close the gates of the busy services whose memory service needs, so
+        that they drain: no request waits forever behind a popular model."""
+        plan = self.plan(service, need, drain=True)
+        victims = [self.services[v] for v in plan.victims] if plan else []
+        for victim in victims:
+            victim.gate.close(holder)
+        if victims:
+            log_event(log, "draining for a waiting load", model=service.id, draining=[v.id for v in victims],
+                      waited_s=self.settings.fair_wait)
+        return victims
+
+    def plan(self, service: Service, need_gb: float, drain: bool = False) -> Placement | None:
+        """Where service would go now, and whom it would evict (placement.place);
+        None: wait for busy services. With drain, busy ready services count as
+        evictable (whom to drain). Raises 507 when it can never fit."""
+        now = time.monotonic()
+        holders = [
+            Holder(
+                s.id,
+                s.placement.reservation,
+                evictable=(s.state is State.READY and not s.config.pinned and not s.retired)
+                if drain else s.evictable() and not s.retired,
+                pinned=s.config.pinned,
+                cost=self.eviction_cost(s, now),
             )
-        free = budget - sum(s.config.memory_gb for s in others)
-        victims: list[Service] = []
-        for idle in sorted((s for s in others if s.evictable()), key=lambda s: s.last_used):
-            if free >= need:
-                break
-            victims.append(idle)
-            free += idle.config.memory_gb
-        # Evict nothing unless the idle ones alone make enough room.
-        return victims if free >= need else None
+            for s in self.memory_holders()
+            if s is not service and s.placement is not None
+        ]
+        try:
+            return place(Need(service.id, need_gb, service.gpus), self.pools, holders)
+        except Unplaceable as exc:
+            raise ServiceError(507, str(exc), code="insufficient_memory") from None
+
+    def eviction_cost(self, service: Service, now: float) -> float:
+        """Expected seconds lost by stopping service now (see SWAP_SECONDS)."""
+        reload = math.ceil(service.load_seconds or 1.0)  # sub-second jitter must not outweigh use
+        return service.config.priority * PRIORITY_WEIGHT + (reload + SWAP_SECONDS) * self.heat(service, now)
+
+    def _assignment(self, plan: Placement) -> GpuAssignment | None:
+        """The GPUs (and card share) a placement gives its service; None when
+        the host has no GPU inventory, so CUDA_VISIBLE_DEVICES is left alone."""
+        if not self.inventory.gpus:
+            return None
+        pools = {p.name: p for p in self.pools}
+        gpus = [pools[name] for name in plan.pools if pools[name].gpu_index is not None]
+        if not gpus:
+            return GpuAssignment()  # on the CPU: it must not touch a GPU
+        fraction = min(plan.reservation[g.name] / g.total_gb for g in gpus if g.total_gb)
+        indices = tuple(g.gpu_index for g in gpus if g.gpu_index is not None)
+        # Rounded down, so what the engine takes never exceeds the reservation.
+        return GpuAssignment(indices, math.floor(fraction * 1000) / 1000)
 
     # --- stopping -------------------------------------------------------------
 
-    async def unload(self, model_id: str, drain: float = 0.0) -> None:
+    async def unload(self, model_id: str, drain: float = 0.0, reason: str = "unload") -> None:
         """Stop model_id. With drain, first wait up to that many seconds for its
         in-flight requests to finish; whatever is still running then fails."""
-        service = self.services[model_id]
+        await self._unload(self.services[model_id], drain, reason)
+
+    async def _unload(self, service: Service, drain: float, reason: str) -> None:
         deadline = time.monotonic() + drain
         while service.in_flight and service.state is State.READY and time.monotonic() < deadline:
             await self._wait_for_change(deadline - time.monotonic())
@@ -364,32 +470,34 @@ class Scheduler:
                 if _being_cancelled():
                     raise
         if service.state is State.READY:
-            await self._stop(service)
+            await asyncio.shield(self._begin_stop_on_purpose(service, reason))
         elif service.state is State.STOPPING:
             await service.stopped.wait()
         if service.state is State.FAILED:
-            service.state = State.STOPPED  # an explicit unload also clears the backoff
+            self._set_state(service, State.STOPPED)  # an explicit unload also clears the backoff
         service.failures = 0
         service.retry_at = 0.0
 
-    async def _stop(self, service: Service) -> None:
-        """Stop a READY service on purpose (eviction, unload, idle)."""
+    def _begin_stop_on_purpose(self, service: Service, reason: str) -> asyncio.Task[None]:
+        """Stop a READY service on purpose (reason: memory, ttl, unload, reload, shutdown)."""
         service.failures = 0
-        await self._retire(service, service.process, State.STOPPED)
+        if self.metrics:
+            self.metrics.stops.labels(service.id, reason).inc()
+        return self._begin_stop(service, service.process, State.STOPPED)
 
-    async def _retire(
+    def _begin_stop(
         self,
         service: Service,
         process: ServiceProcess | None,
         final: State,
         reason: str | None = None,
         retry_at: float = 0.0,
-    ) -> None:
-        """Take service out of STARTING/READY: stop its whole process group,
-        then set `final`. Memory stays reserved until the group is gone. Runs
-        to the end even if the caller is cancelled (it is shielded)."""
-        # Before any await, so no request sees READY for a dying service.
-        service.state = State.STOPPING
+    ) -> asyncio.Task[None]:
+        """Take service out of STARTING/READY now (no request sees it ready
+        from here on), and return the task that stops its whole process group
+        and then sets `final`. Memory stays reserved until the group is gone.
+        The task is never cancelled: await it through asyncio.shield."""
+        self._set_state(service, State.STOPPING)
         service.stopped.clear()
 
         async def finish() -> None:
@@ -405,11 +513,18 @@ class Scheduler:
                 service.started_at = None
                 service.last_error = reason
                 service.retry_at = retry_at
-                service.state = final
+                service.placement = None  # the memory is free: the process group is gone
+                service.assignment = None
+                service.keep_alive = None  # a request's keep_alive lasts for this run only
+                self._retired.discard(service)
+                self._set_state(service, final)
                 service.stopped.set()
                 self._notify()
 
-        await asyncio.shield(self._spawn(finish()))
+        task = asyncio.get_running_loop().create_task(finish())
+        self._stops.add(task)
+        task.add_done_callback(self._stops.discard)
+        return task
 
     async def _watch_exit(self, service: Service, process: ServiceProcess) -> None:
         code = await process.wait_exit()
@@ -424,22 +539,108 @@ class Scheduler:
         tail = process.last_lines()
         reason = f"the service exited unexpectedly with code {code}" + (f"; last log lines:\n{tail}" if tail else "")
         log_event(log, "service crashed", logging.ERROR, model=service.id, exit_code=code, failures=service.failures)
+        if self.metrics:
+            self.metrics.crashes.labels(service.id).inc()
         # Its children may live on holding memory and the port: stop the group.
-        await self._retire(service, process, State.FAILED, reason=reason, retry_at=time.monotonic() + delay)
+        stop = self._begin_stop(service, process, State.FAILED, reason=reason, retry_at=time.monotonic() + delay)
+        await asyncio.shield(stop)
 
     async def _unload_idle_forever(self) -> None:
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
-            for service in self.services.values():
-                ttl = service.config.ttl
-                if not (ttl and service.evictable() and now - service.last_used >= ttl):
-                    continue
-                log_event(log, "unloading idle service", model=service.id, idle_seconds=round(now - service.last_used))
+            for service in list(self.services.values()):  # a reload may change the dict meanwhile
                 try:
-                    await self._stop(service)
+                    limit = self.idle_limit(service)
+                    if limit is None or not service.evictable() or now - service.last_used < limit:
+                        continue
+                    idle = round(now - service.last_used)
+                    log_event(log, "unloading idle service", model=service.id, idle_seconds=idle)
+                    await asyncio.shield(self._begin_stop_on_purpose(service, "ttl"))
                 except Exception:  # noqa: BLE001 - one failure must not end idle unloading for all
                     log.exception("idle unload of %s failed", service.id)
+
+    def idle_limit(self, service: Service) -> float | None:
+        """Seconds idle after which service is stopped; None: never. The last
+        request's keep_alive wins, then the model's ttl, then settings.ttl."""
+        if service.keep_alive is not None:
+            return None if math.isinf(service.keep_alive) else service.keep_alive
+        ttl = service.config.ttl if service.config.ttl is not None else self.settings.ttl
+        return ttl or None
+
+    # --- reloading models.yaml ---------------------------------------------------
+
+    async def reconfigure(self, config: Config, drain: float) -> dict[str, list[str]]:
+        """Apply a new configuration. Settings apply at once, and so do
+        changes to policy fields (ttl, priority, pinned, limits ...). Added
+        models can be requested at once. Removed models, and those whose
+        engine, weights, command, arguments or GPUs changed, are drained
+        (a load in progress finishes, in-flight requests get up to `drain`
+        seconds) and stopped; a changed one then starts in its new form on its
+        next request, and new requests wait for that at its gate rather than
+        prolong the drain. Callers serialize reloads. Returns what changed."""
+        old, new = self.config.models, config.models
+        added = [m for m in new if m not in old]
+        removed = [m for m in old if m not in new]
+        changed = [m for m in new if m in old and new[m] != old[m]]
+        restarted = [m for m in changed if _needs_restart(old[m], new[m])]
+        self.config = config
+        self.settings = config.settings
+        self.pools = memory_pools(config, self.inventory)
+        for model_id in added:
+            self.services[model_id] = self._new_service(model_id, new[model_id])
+        for model_id in changed:
+            if model_id not in restarted:
+                service = self.services[model_id]
+                service.config = new[model_id]  # read live; memory_gb counts from its next start
+                if old[model_id].max_concurrency != new[model_id].max_concurrency:
+                    service.set_concurrency()
+        draining = [self.services[m] for m in removed + restarted]
+        for service in draining:
+            service.retired = True
+            service.gate.close("reload")
+        await asyncio.gather(*(self._replace(service, new.get(service.id), drain) for service in draining))
+        updated = [m for m in changed if m not in restarted]
+        return {"added": added, "removed": removed, "changed": restarted, "updated": updated}
+
+    async def _replace(self, service: Service, model: ModelConfig | None, drain: float) -> None:
+        """Drain and stop service, then swap in its new configuration (or,
+        with model None, remove it), and let the requests at its gate go on."""
+        deadline = time.monotonic() + drain
+        try:
+            loading = service.load_task
+            if loading is not None and not loading.done():
+                # Its requests are waiting for this load: let it finish and serve them.
+                await asyncio.wait([loading], timeout=drain)
+            await self._unload(service, max(0.0, deadline - time.monotonic()), "reload")
+        finally:
+            if service.holds_memory:  # cancelled midway: it counts until it is gone
+                self._retired.add(service)
+                if service.state is not State.STOPPING:
+                    self._spawn(self._unload(service, 0.0, "reload"))
+            if model is None:
+                self.services.pop(service.id, None)
+            else:
+                self.services[service.id] = self._new_service(service.id, model)
+            self.sizing.forget(service.id)
+            service.gate.open("reload")
+            self._notify()
+
+    # --- bookkeeping --------------------------------------------------------------
+
+    def _count_load(self, service: Service, outcome: str, seconds: float | None = None) -> None:
+        if self.metrics:
+            self.metrics.loads.labels(service.id, outcome).inc()
+            if seconds is not None:
+                self.metrics.load_seconds.labels(service.id).observe(seconds)
+
+    def _set_state(self, service: Service, state: State) -> None:
+        old, service.state = service.state, state
+        for observer in self.observers:
+            try:
+                observer(service, old, state)
+            except Exception:  # noqa: BLE001 - a broken observer must not wedge a service
+                log.exception("state observer failed")
 
     async def _wait_for_change(self, timeout: float) -> None:
         """Wait until a service changes state or goes idle, at most timeout s."""
@@ -461,6 +662,21 @@ class Scheduler:
                 self._changed.notify_all()
 
         self._spawn(notify())
+
+
+def memory_pools(config: Config, inventory: Inventory) -> list[Pool]:
+    """The host's RAM and each GPU, with what services may reserve on each."""
+    ram_gb = psutil.virtual_memory().total / GIB
+    host_budget = config.settings.memory_budget_gb or round(ram_gb * DEFAULT_HOST_SHARE, 2)
+    pools = [Pool(HOST, host_budget, ram_gb, label="host memory")]
+    for gpu in inventory.gpus:
+        budget = max(0.0, gpu.total_gb - config.settings.gpu_reserve_gb)
+        pools.append(Pool(f"gpu{gpu.index}", budget, gpu.total_gb, gpu.index, gpu.name))
+    return pools
+
+
+def _needs_restart(old: ModelConfig, new: ModelConfig) -> bool:
+    return any(getattr(old, name) != getattr(new, name) for name in RESTART_FIELDS)
 
 
 def _backoff(failures: int) -> float:

@@ -1,9 +1,23 @@
 #!/usr/bin/env bash
-# Proxy benchmark: a fast OpenAI-compatible test upstream driven directly and
-# through the orchestrator, side by side; prints latency, requests/s, time to
-# first chunk, the orchestrator's CPU per request and the targets (PASS/MISS).
+# Benchmarks. Each prints its figures side by side with a baseline measured in
+# the same run, and the targets with PASS/MISS:
+#   proxy      a fast OpenAI-compatible test upstream driven directly and through
+#              the orchestrator: latency, requests/s, time to first chunk, the
+#              orchestrator's CPU per request, cold starts (tests/bench/bench_proxy.py)
+#   scheduler  GPU-aware scheduling: decision time at 50 models vs a naive LRU
+#              decision, swap overhead vs a cold start, a mixed 4-model workload vs
+#              one-at-a-time swapping (tests/bench/bench_scheduler.py)
 #
-#   scripts/bench.sh [--json results.json] [--scale 0.5] [--only SCENARIO] [--strict]
+#   scripts/bench.sh                      both suites, proxy then scheduler, with their defaults
+#   scripts/bench.sh proxy [OPTIONS]      [--json results.json] [--scale 0.5] [--only SCENARIO] [--strict]
+#   scripts/bench.sh scheduler [OPTIONS]  [--json results.json] [--scale 0.5] [--only decision|swap|mixed]
+#                                         [--duration S] [--clients N] [--strict]
+#   scripts/bench.sh --help | SUITE --help
+#
+# The options after a suite word go to that suite's script. Options without a
+# suite word go to the proxy suite alone (what this script did before it had
+# suites). Without any words both suites run; the exit status is the first
+# non-zero one.
 #
 # Runs with the orchestrator's environment ($ENVS_DIR/orchestrator); set
 # MODELYARD_BENCH_PYTHON to use another interpreter (it needs aiohttp, psutil,
@@ -12,6 +26,37 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 ORCH_PY="${MODELYARD_BENCH_PYTHON:-$ORCH_PY}"
+
+suite_script() {
+  case "$1" in
+    proxy) echo tests/bench/bench_proxy.py ;;
+    scheduler) echo tests/bench/bench_scheduler.py ;;
+    *) die "unknown benchmark suite '$1' (proxy or scheduler)" ;;
+  esac
+}
+
+if [ "$#" -eq 0 ]; then
+  [ -x "$ORCH_PY" ] || die "no Python at $ORCH_PY: run ./scripts/install.sh first, or set MODELYARD_BENCH_PYTHON"
+  cd "$ROOT"
+  status=0
+  for suite in proxy scheduler; do
+    say "benchmark suite: $suite"
+    rc=0
+    "$ORCH_PY" "$(suite_script "$suite")" || rc=$?
+    [ "$status" -ne 0 ] || status=$rc
+    [ "$suite" = scheduler ] || echo
+  done
+  exit "$status"
+fi
+
+case "$1" in
+  --help | -h)
+    sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+    exit 0
+    ;;
+  -*) script="$(suite_script proxy)" ;;
+  *) script="$(suite_script "$1")"; shift ;;
+esac
 [ -x "$ORCH_PY" ] || die "no Python at $ORCH_PY: run ./scripts/install.sh first, or set MODELYARD_BENCH_PYTHON"
 cd "$ROOT"
-exec "$ORCH_PY" tests/bench/bench_proxy.py "$@"
+exec "$ORCH_PY" "$script" "$@"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import threading
 import time
@@ -200,6 +201,11 @@ class TransformersService(BaseService):
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         else:
             dtype = torch.bfloat16  # measured faster than float32 for small models on CPU
+
+        fraction = float(os.environ.get("MODELYARD_GPU_MEMORY_FRACTION") or 0)
+        if device.startswith("cuda") and fraction > 0:
+            # Several services may share a card: keep to what the orchestrator reserved.
+            torch.cuda.set_per_process_memory_fraction(min(fraction, 1.0))
 
         began = time.monotonic()
         self.tokenizer = AutoTokenizer.from_pretrained(opts.model_path)

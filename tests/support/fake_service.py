@@ -43,6 +43,8 @@ class FakeService(BaseService):
         parser.add_argument("--crash-after-chunks", type=int, default=0, help="exit hard after N chunks")
         parser.add_argument("--ignore-sigterm", action="store_true", help="survive SIGTERM (tests SIGKILL)")
         parser.add_argument("--spawn-child", action="store_true", help="start a sleeping child process")
+        parser.add_argument("--gpu-memory-utilization", type=float, default=None,
+                            help="like vLLM's: the share of each card it may take (reported in /health)")
 
     def __init__(self, options: argparse.Namespace) -> None:
         self.stats = {"requests": 0, "completed": 0, "cancelled": 0}
@@ -64,7 +66,12 @@ class FakeService(BaseService):
         time.sleep(self.options.startup_delay)
 
     def health_details(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "child_pid": self.child.pid if self.child else None}
+        return {
+            "pid": os.getpid(),
+            "child_pid": self.child.pid if self.child else None,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "gpu_memory_utilization": self.options.gpu_memory_utilization,
+        }
 
     def add_routes(self, app: FastAPI) -> None:
         app.add_api_route("/stats", lambda: self.stats, methods=["GET"])
@@ -78,15 +85,15 @@ class FakeService(BaseService):
         size = max(1, -(-len(answer) // count))
         return [answer[i : i + size] for i in range(0, len(answer), size)][:count]
 
-    async def _stream(self, model: str, text: str, chat: bool) -> AsyncIterator[dict[str, Any]]:
+    async def _stream(self, model: str, text: str, chat: bool, delay_ms: float) -> AsyncIterator[dict[str, Any]]:
         cid = completion_id()
         sent = 0
         try:
             for piece in self._words(text):
                 if self.options.crash_after_chunks and sent >= self.options.crash_after_chunks:
                     os._exit(9)
-                if self.options.chunk_delay_ms:
-                    await asyncio.sleep(self.options.chunk_delay_ms / 1000)
+                if delay_ms:
+                    await asyncio.sleep(delay_ms / 1000)
                 sent += 1
                 if chat:
                     yield {"id": cid, "object": "chat.completion.chunk", "created": now(), "model": model,
@@ -99,13 +106,18 @@ class FakeService(BaseService):
             self.stats["cancelled"] += 1
             raise
 
-    async def _answer(self, model: str, text: str, chat: bool, stream: bool, request: Request | None = None) -> Any:
+    async def _answer(self, body: Any, text: str, chat: bool, request: Request | None = None) -> Any:
         self.stats["requests"] += 1
-        if stream:
-            return sse_response(self._stream(model, text, chat))
-        if self.options.response_delay_ms:
+        self.stats["last_fields"] = sorted(body.model_fields_set | set(body.model_extra or {}))
+        model = body.model
+        # A test may ask one request to take longer: {"fake_delay_ms": N} in the body.
+        extra = getattr(body, "model_extra", None) or {}
+        if body.stream:
+            return sse_response(self._stream(model, text, chat, extra.get("fake_delay_ms", self.options.chunk_delay_ms)))
+        delay_ms = extra.get("fake_delay_ms", self.options.response_delay_ms)
+        if delay_ms:
             # Like a real engine, notice a client that leaves while we "generate".
-            deadline = time.monotonic() + self.options.response_delay_ms / 1000
+            deadline = time.monotonic() + delay_ms / 1000
             while time.monotonic() < deadline:
                 if request is not None and await request.is_disconnected():
                     self.stats["cancelled"] += 1
@@ -124,11 +136,11 @@ class FakeService(BaseService):
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Any:
         last = body.messages[-1].content
-        return await self._answer(body.model, last if isinstance(last, str) else "", True, body.stream, request)
+        return await self._answer(body, last if isinstance(last, str) else "", True, request)
 
     async def completions(self, body: CompletionRequest, request: Request) -> Any:
         prompt = body.prompt if isinstance(body.prompt, str) else " ".join(body.prompt)
-        return await self._answer(body.model, prompt, False, body.stream, request)
+        return await self._answer(body, prompt, False, request)
 
     async def embeddings(self, body: EmbeddingRequest) -> Any:
         self.stats["requests"] += 1
