@@ -76,6 +76,9 @@ class BaseService:
     """Subclass me: set `name`, override load() and add_routes()."""
 
     name = "service"
+    # Set True and override sleep() and wake() to offer the sleep tier:
+    # POST /sleep and POST /wake (the orchestrator calls them; models.yaml `sleep`).
+    can_sleep = False
 
     def __init__(self, options: argparse.Namespace) -> None:
         self.options = options
@@ -83,9 +86,13 @@ class BaseService:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.started_at = time.monotonic()
         self._active = 0  # HTTP requests in progress, /health aside
+        self.asleep = False
         self.app = FastAPI(title=f"modelyard {self.name}", lifespan=self._lifespan)
         install_error_handlers(self.app, self.name)
         self.app.add_api_route("/health", self._health, methods=["GET"])
+        if self.can_sleep:
+            self.app.add_api_route("/sleep", self._sleep, methods=["POST"])
+            self.app.add_api_route("/wake", self._wake, methods=["POST"])
         self.add_routes(self.app)
 
     # --- for subclasses -------------------------------------------------
@@ -97,6 +104,12 @@ class BaseService:
     def load(self) -> None:
         """Load the model. Blocking; runs in a thread while /health says 503."""
 
+    def sleep(self) -> None:
+        """Free the GPU: move the weights to host memory. Blocking; in a thread."""
+
+    def wake(self) -> None:
+        """Bring the weights back where they were. Blocking; in a thread."""
+
     def add_routes(self, app: FastAPI) -> None:
         """Register the service's OpenAI routes on app."""
 
@@ -105,6 +118,22 @@ class BaseService:
         return {}
 
     # --- lifecycle --------------------------------------------------------
+
+    async def _sleep(self) -> dict[str, Any]:
+        if self.ready and not self.asleep:
+            self.asleep = True  # first: no request may use the weights while they move
+            began = time.monotonic()
+            await asyncio.get_running_loop().run_in_executor(None, self.sleep)
+            log_event(log, "asleep", seconds=round(time.monotonic() - began, 3))
+        return {"asleep": self.asleep}
+
+    async def _wake(self) -> dict[str, Any]:
+        if self.asleep:
+            began = time.monotonic()
+            await asyncio.get_running_loop().run_in_executor(None, self.wake)
+            self.asleep = False
+            log_event(log, "awake", seconds=round(time.monotonic() - began, 3))
+        return {"asleep": self.asleep}
 
     async def _health(self) -> JSONResponse:
         body = {"status": "ok" if self.ready else "loading", "service": self.name, **self.health_details()}
@@ -164,8 +193,14 @@ class BaseService:
 
     async def _counted(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """The app, counting the requests in progress (health checks aside)."""
-        if scope["type"] != "http" or scope["path"] == "/health":
+        if scope["type"] != "http" or scope["path"] in ("/health", "/sleep", "/wake"):
             await self.app(scope, receive, send)
+            return
+        if self.asleep and scope["method"] == "POST":  # the orchestrator wakes a service before it sends work
+            body = json.dumps(error_body(503, f"{self.name} is asleep; POST /wake first", "asleep")).encode()
+            await send({"type": "http.response.start", "status": 503,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": body})
             return
         self._active += 1
         try:

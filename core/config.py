@@ -54,6 +54,29 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class SleepConfig(_Strict):
+    """How a service sleeps: its weights leave the GPU for host memory and come
+    back in a fraction of a reload's time (vLLM's sleep mode; our transformers
+    engine). The scheduler puts it to sleep instead of stopping it while host
+    memory allows."""
+
+    sleep_path: str = Field(
+        "/sleep", description="POST here puts it to sleep (vLLM: /sleep?level=1, with VLLM_SERVER_DEV_MODE=1)."
+    )
+    wake_path: str = Field("/wake", description="POST here wakes it (vLLM: /wake_up).")
+    host_memory_gb: float | None = Field(
+        None, ge=0, description="Host memory it holds asleep; unset: as much as it reserves on its GPUs."
+    )
+    timeout: float = Field(60.0, gt=0, description="Seconds a sleep or wake call may take before it counts as failed.")
+
+    @field_validator("sleep_path", "wake_path")
+    @classmethod
+    def _absolute(cls, path: str) -> str:
+        if not path.startswith("/"):
+            raise ValueError("must start with '/'")
+        return path
+
+
 class ModelConfig(_Strict):
     """One entry under `models:`. The key in the mapping is the model id."""
 
@@ -112,6 +135,11 @@ class ModelConfig(_Strict):
         "Unset: settings.ttl."
     )
     preload: bool = Field(False, description="Start it when the orchestrator starts, not on its first request.")
+    sleep: SleepConfig | None = Field(
+        None,
+        description="The service can sleep (weights to host memory) and wake: evicting it then costs a "
+        "wake-up instead of a reload. Only for services on GPUs.",
+    )
     max_concurrency: int = Field(
         0, ge=0, description="Requests forwarded at once; 0 means no limit. Others wait in a queue."
     )
@@ -212,9 +240,29 @@ class Settings(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class GroupConfig(_Strict):
+    """A group of models with llama-swap's rules, for users who want explicit
+    control on top of memory-based placement."""
+
+    members: list[str] = Field(min_length=1, description="Model ids in the group (each in one group at most).")
+    swap: bool = Field(True, description="At most one member runs at a time: loading one evicts the others.")
+    exclusive: bool = Field(
+        False, description="Loading a member evicts every model outside the group (except persistent groups' "
+        "and pinned models)."
+    )
+    persistent: bool = Field(False, description="Other groups' exclusive loads never evict this group's members.")
+
+
 class Config(_Strict):
     settings: Settings = Field(default_factory=Settings)  # type: ignore[arg-type]
     models: dict[str, ModelConfig] = Field(default_factory=dict)
+    groups: dict[str, GroupConfig] = Field(default_factory=dict)
+
+    def group_of(self, model_id: str) -> tuple[str, GroupConfig] | None:
+        for name, group in self.groups.items():
+            if model_id in group.members:
+                return name, group
+        return None
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Config":
@@ -230,6 +278,14 @@ class Config(_Strict):
                         f"model {model_id!r}: alias {alias!r} is already the name of model {owner[alias]!r}"
                     )
                 owner[alias] = model_id
+        member_of: dict[str, str] = {}
+        for name, group in self.groups.items():
+            for member in group.members:
+                if member not in self.models:
+                    raise ValueError(f"group {name!r}: member {member!r} is not a model in `models`")
+                if member in member_of:
+                    raise ValueError(f"group {name!r}: model {member!r} is already in group {member_of[member]!r}")
+                member_of[member] = name
         return self
 
     # Where state lives is a property of the installation, not of models.yaml:

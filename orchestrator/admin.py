@@ -41,6 +41,8 @@ def describe(service: Service) -> dict[str, Any]:
         "queued": service.queued,
         "load_seconds": round(service.load_seconds, 3) if service.load_seconds else None,
         "starts": service.starts,
+        "sleeps": service.sleeps,
+        "wakes": service.wakes,
         "failures": service.failures,
         "last_error": service.last_error,
         "pinned": service.config.pinned,
@@ -131,6 +133,13 @@ def build_admin_router() -> APIRouter:
     async def load_service(request: Request, model_id: str) -> dict[str, Any]:
         service = service_of(request, model_id)
         return describe(await scheduler_of(request).load(service.id))
+
+    @router.post("/services/{model_id:path}/sleep")
+    async def sleep_service(request: Request, model_id: str) -> dict[str, Any]:
+        """Put an idle model to sleep (models.yaml `sleep`): its GPUs are freed,
+        its weights wait in host memory, and its next request wakes it."""
+        service = service_of(request, model_id)
+        return describe(await scheduler_of(request).sleep(service.id))
 
     @router.post("/services/{model_id:path}/unload")
     async def unload_service(

@@ -43,6 +43,14 @@ class SchedulerMetrics:
         )
         self.crashes = Counter("modelyard_service_crashes", "Services that exited on their own.", ["model"],
                                registry=registry)
+        self.sleeps = Counter(
+            "modelyard_service_sleeps", "Services put to sleep instead of stopped, by outcome (asleep, failed).",
+            ["model", "outcome"], registry=registry,
+        )
+        self.wake_seconds = Histogram(
+            "modelyard_service_wake_seconds", "Wake call to ready, for services woken from sleep.", ["model"],
+            buckets=WAIT_BUCKETS, registry=registry,
+        )
         self.wait_seconds = Histogram(
             "modelyard_request_wait_seconds",
             "Time a request waited for its service (load, memory, concurrency slot) before being forwarded.",

@@ -22,11 +22,13 @@ The rules, in order:
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 HOST = "host"
 EPSILON = 1e-9  # GB; sums of floats must not turn "exactly fits" into "does not"
+EXACT_SETS = 6  # sets of pools priced exactly when nothing fits (see place())
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class Need:
     id: str
     memory_gb: float
     gpus: int  # 0: host memory, else that many GPUs (tensor parallel)
+    only: tuple[str, ...] | None = None  # these pools and no others (a service waking where it slept)
 
 
 @dataclass(frozen=True)
@@ -96,12 +99,31 @@ def place(need: Need, pools: Sequence[Pool], holders: Iterable[Holder]) -> Place
     if not possible:
         raise Unplaceable(_never_fits_message(need, by_name, pinned, never))
 
-    # Nothing fits now: the cheapest eviction over every possible set.
-    idle = sorted((h for h in holders if h.evictable), key=lambda h: h.cost)
+    # Nothing fits now: the cheapest eviction over the possible sets. With
+    # many GPUs there are many sets (28 pairs of 8 GPUs): rank them by the sum
+    # of what freeing each pool alone would cost, and price only the best few
+    # exactly, so that a decision stays well under a millisecond.
+    idle_on: dict[str, list[Holder]] = {}
+    for holder in sorted((h for h in holders if h.evictable), key=lambda h: h.cost):
+        for name, gb in holder.reservation.items():
+            if gb > 0:
+                idle_on.setdefault(name, []).append(holder)
+
+    def shortfalls(names: tuple[str, ...]) -> dict[str, float]:
+        return {n: _shortfall(by_name[n], used.get(n, 0.0), share) for n in names}
+
+    if len(possible) > EXACT_SETS:
+        alone: dict[str, float] = {}
+        for name in {n for names in possible for n in names}:
+            victims = _cheapest_victims(shortfalls((name,)), idle_on.get(name, []))
+            alone[name] = math.inf if victims is None else sum(v.cost for v in victims)
+        possible = sorted(possible, key=lambda names: sum(alone[n] for n in names))[:EXACT_SETS]
+
     best: tuple[float, int, float, Placement] | None = None
     for names in possible:
-        short = {n: _shortfall(by_name[n], used.get(n, 0.0), share) for n in names}
-        victims = _cheapest_victims(short, idle)
+        short = shortfalls(names)
+        relevant = {id(h): h for n in names if short[n] for h in idle_on.get(n, ())}
+        victims = _cheapest_victims(short, sorted(relevant.values(), key=lambda h: h.cost))
         if victims is None:
             continue  # only busy services could make room here
         cost = sum(v.cost for v in victims)
@@ -113,6 +135,8 @@ def place(need: Need, pools: Sequence[Pool], holders: Iterable[Holder]) -> Place
 
 
 def _candidate_sets(need: Need, pools: Sequence[Pool]) -> Iterable[tuple[str, ...]]:
+    if need.only is not None:
+        return [need.only] if all(any(p.name == n for p in pools) for n in need.only) else []
     if need.gpus == 0:
         return [(HOST,)] if any(p.name == HOST for p in pools) else []
     gpus = [p.name for p in pools if p.gpu_index is not None]
@@ -146,16 +170,21 @@ def _cheapest_victims(short: dict[str, float], idle: list[Holder]) -> list[Holde
     every shortfall, or None if even all of them do not. Three cheap
     heuristics, each pruned of victims the others already cover, and the
     cheapest result wins: greedy by cost, greedy by cost per GB freed, and
-    the cheapest single victim that is enough. Linear-ish in the holders,
+    the cheapest single victim that is enough. Near-linear in the holders,
     where an exact search is exponential."""
     relevant = [h for h in idle if any(h.reservation.get(n, 0.0) > 0 for n in short)]
     if not _covered(short, _freed(relevant, short)):
         return None
-    candidates = [
-        _greedy(short, relevant),
-        _greedy(short, sorted(relevant, key=lambda h: h.cost / max(_useful_gb(h, short), EPSILON))),
-    ]
-    single = next((h for h in relevant if _covered(short, _freed([h], short))), None)
+    single = next(
+        (h for h in relevant if all(h.reservation.get(n, 0.0) + EPSILON >= missing for n, missing in short.items())),
+        None,
+    )
+    if single is not None and single is relevant[0]:
+        return [single]  # the cheapest holder is enough alone: nothing can beat it
+    candidates = [_greedy(short, relevant)]
+    by_value = sorted(relevant, key=lambda h: h.cost / max(_useful_gb(h, short), EPSILON))
+    if by_value != relevant:
+        candidates.append(_greedy(short, by_value))
     if single is not None:
         candidates.append([single])
     return min(candidates, key=lambda victims: (sum(v.cost for v in victims), len(victims)))
@@ -163,14 +192,18 @@ def _cheapest_victims(short: dict[str, float], idle: list[Holder]) -> list[Holde
 
 def _greedy(short: dict[str, float], ordered: list[Holder]) -> list[Holder]:
     chosen: list[Holder] = []
+    freed = dict.fromkeys(short, 0.0)
     for holder in ordered:
-        if _covered(short, _freed(chosen, short)):
+        if _covered(short, freed):
             break
         chosen.append(holder)
+        for name in short:
+            freed[name] += holder.reservation.get(name, 0.0)
     for holder in sorted(chosen, key=lambda h: -h.cost):  # drop the dearest ones not needed
-        rest = [h for h in chosen if h is not holder]
-        if _covered(short, _freed(rest, short)):
-            chosen = rest
+        without = {n: freed[n] - holder.reservation.get(n, 0.0) for n in short}
+        if _covered(short, without):
+            chosen.remove(holder)
+            freed = without
     return chosen
 
 

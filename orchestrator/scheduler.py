@@ -66,7 +66,7 @@ DEFAULT_HOST_SHARE = 0.9
 Launcher = Callable[[str, ModelConfig, int, "GpuAssignment | None"], LaunchSpec]
 Observer = Callable[[Service, State, State], None]
 # Fields whose change makes a reload restart a running service; others apply in place.
-RESTART_FIELDS = ("engine", "model", "cmd", "args", "env", "gpus", "health_path", "type")
+RESTART_FIELDS = ("engine", "model", "cmd", "args", "env", "gpus", "health_path", "type", "sleep")
 
 
 class _Retired(Exception):
@@ -242,12 +242,16 @@ class Scheduler:
             if service.state is State.STOPPING:
                 await service.stopped.wait()
                 continue
+            if service.state is State.SLEEPING and service.transition is not None:
+                await asyncio.shield(service.transition)  # then wake it
+                continue
             if service.load_task is None or service.load_task.done():
                 if service.retired:
                     raise _Retired  # its new version is in self.services
                 if service.state is State.FAILED and time.monotonic() < service.retry_at:
                     raise self._unavailable(service)
-                service.load_task = asyncio.create_task(self._load(service))
+                start = self._wake if service.state is State.ASLEEP else self._load
+                service.load_task = asyncio.create_task(start(service))
             task = service.load_task
             try:
                 # shield: one waiter giving up must not cancel the load for the others
@@ -291,7 +295,8 @@ class Scheduler:
         return service
 
     async def _load(self, service: Service) -> None:
-        await self._reserve(service)
+        need = await self.sizing.need(service, self.config, self.pools)
+        await self._reserve(service, need, State.STARTING)
         began = time.monotonic()
         process: ServiceProcess | None = None
         try:
@@ -342,12 +347,19 @@ class Scheduler:
         self._spawn(self._watch_exit(service, process))
         self._notify()
 
-    async def _reserve(self, service: Service) -> None:
-        """Place service (evicting idle ones to make room) and mark it
-        STARTING, which reserves its memory. Waits up to eviction_wait for busy
+    async def _reserve(
+        self,
+        service: Service,
+        need: float,
+        into: State,
+        only: tuple[str, ...] | None = None,
+        keep: dict[str, float] | None = None,
+    ) -> None:
+        """Place service (evicting idle ones to make room) and move it to
+        `into`, which reserves its memory (plus `keep`, what it holds already).
+        `only`: these pools and no others. Waits up to eviction_wait for busy
         ones, without holding the placement lock while it waits; after
         fair_wait, the busy ones it needs stop taking new requests."""
-        need = await self.sizing.need(service, self.config, self.pools)
         began = time.monotonic()
         drained: list[Service] = []  # whose gate this load closed
         tried_drain = False
@@ -356,22 +368,26 @@ class Scheduler:
             while True:
                 stopping: list[asyncio.Task[None]] = []
                 async with self._placement:
-                    plan = self.plan(service, need)
-                    if plan is not None and not plan.victims:
-                        service.placement = plan
-                        service.assignment = self._assignment(plan)
-                        service.stopped.clear()
-                        service.last_error = None
-                        self._set_state(service, State.STARTING)
-                        return
-                    for victim in [self.services[v] for v in plan.victims] if plan else []:
-                        if victim.evictable():  # nothing can make it busy under the lock, but be sure
-                            log_event(
-                                log, "evicting", model=victim.id, for_model=service.id,
-                                pools=",".join(victim.placement.pools if victim.placement else ()),
-                                reason="memory", cost=round(plan.cost, 2) if plan else None,
-                            )
-                            stopping.append(self._begin_stop_on_purpose(victim, "memory"))
+                    conflicts = self._group_conflicts(service)
+                    if conflicts:  # the group's rules first: these must go, whatever the memory
+                        plan, victims, reason = None, [c for c in conflicts if c.evictable()], "group"
+                    else:
+                        plan = self.plan(service, need, only=only)
+                        if plan is not None and not plan.victims:
+                            if keep:
+                                plan = Placement(
+                                    (*plan.pools, *(n for n in keep if n not in plan.pools)),
+                                    _merged(plan.reservation, keep),
+                                )
+                            service.placement = plan
+                            if into is State.STARTING:
+                                service.assignment = self._assignment(plan)
+                                service.stopped.clear()
+                            service.last_error = None
+                            self._set_state(service, into)
+                            return
+                        victims, reason = ([self.services[v] for v in plan.victims] if plan else []), "memory"
+                    stopping = self._evict(victims, service, reason, plan.cost if plan else None)
                 if stopping:
                     # Outside the lock: other models may place meanwhile; the
                     # victims' memory counts until their processes are gone.
@@ -397,11 +413,64 @@ class Scheduler:
             for busy in drained:
                 busy.gate.open(holder)
 
+    def _evict(self, victims: list[Service], service: Service, reason: str, cost: float | None) -> list[asyncio.Task[None]]:
+        """Begin evicting idle victims for service (under the placement lock):
+        to sleep while host memory allows and they can, else stopped."""
+        tasks = []
+        host_room = self._host_free()
+        for victim in victims:
+            if not victim.evictable():  # nothing can make it busy under the lock, but be sure
+                continue
+            sleep_gb = self._sleep_gb(victim)
+            sleeps = victim.state is State.READY and victim.can_sleep and sleep_gb <= host_room
+            log_event(
+                log, "evicting", model=victim.id, for_model=service.id,
+                pools=",".join(victim.placement.pools if victim.placement else ()),
+                reason=reason, cost=round(cost, 2) if cost is not None else None, to="sleep" if sleeps else "stop",
+            )
+            if sleeps:
+                host_room -= sleep_gb
+                tasks.append(self._begin_sleep(victim, sleep_gb))
+            else:
+                tasks.append(self._begin_stop_on_purpose(victim, reason))
+        return tasks
+
+    def _group_conflicts(self, service: Service) -> list[Service]:
+        """Services on GPUs or starting that service's group rules (llama-swap's
+        swap / exclusive / persistent) say must go before it starts."""
+        mine = self.config.group_of(service.id)
+        if mine is None:
+            return []
+        name, group = mine
+        conflicts = []
+        for other in self.memory_holders():
+            if other is service or other.state is State.ASLEEP:  # asleep: not running, holds no GPU
+                continue
+            theirs = self.config.group_of(other.id)
+            if theirs is not None and theirs[0] == name:
+                clash = group.swap
+            else:  # pinned models outside the group are never evicted for it
+                clash = group.exclusive and not other.config.pinned and not (theirs is not None and theirs[1].persistent)
+            if not clash:
+                continue
+            if other.config.pinned:
+                raise ServiceError(
+                    409, f"model '{service.id}' cannot start: group '{name}' rules say '{other.id}' must stop first, "
+                    "and it is pinned", code="group_conflict",
+                )
+            conflicts.append(other)
+        return conflicts
+
     def _drain_for(self, service: Service, need: float, holder: str) -> list[Service]:
-        """Close the gates of the busy services whose memory service needs, so
-        that they drain: no request waits forever behind a popular model."""
-        plan = self.plan(service, need, drain=True)
-        victims = [self.services[v] for v in plan.victims] if plan else []
+        """Close the gates of the busy services whose memory service needs (or
+        that its group says must go), so that they drain: no request waits
+        forever behind a popular model."""
+        conflicts = self._group_conflicts(service)
+        if conflicts:
+            victims = [c for c in conflicts if c.state is State.READY and not c.retired]
+        else:
+            plan = self.plan(service, need, drain=True)
+            victims = [self.services[v] for v in plan.victims] if plan else []
         for victim in victims:
             victim.gate.close(holder)
         if victims:
@@ -409,7 +478,9 @@ class Scheduler:
                       waited_s=self.settings.fair_wait)
         return victims
 
-    def plan(self, service: Service, need_gb: float, drain: bool = False) -> Placement | None:
+    def plan(
+        self, service: Service, need_gb: float, drain: bool = False, only: tuple[str, ...] | None = None
+    ) -> Placement | None:
         """Where service would go now, and whom it would evict (placement.place);
         None: wait for busy services. With drain, busy ready services count as
         evictable (whom to drain). Raises 507 when it can never fit."""
@@ -418,7 +489,7 @@ class Scheduler:
             Holder(
                 s.id,
                 s.placement.reservation,
-                evictable=(s.state is State.READY and not s.config.pinned and not s.retired)
+                evictable=(s.state in (State.READY, State.ASLEEP) and not s.config.pinned and not s.retired)
                 if drain else s.evictable() and not s.retired,
                 pinned=s.config.pinned,
                 cost=self.eviction_cost(s, now),
@@ -427,7 +498,7 @@ class Scheduler:
             if s is not service and s.placement is not None
         ]
         try:
-            return place(Need(service.id, need_gb, service.gpus), self.pools, holders)
+            return place(Need(service.id, need_gb, service.gpus, only), self.pools, holders)
         except Unplaceable as exc:
             raise ServiceError(507, str(exc), code="insufficient_memory") from None
 
@@ -450,6 +521,121 @@ class Scheduler:
         # Rounded down, so what the engine takes never exceeds the reservation.
         return GpuAssignment(indices, math.floor(fraction * 1000) / 1000)
 
+    # --- the sleep tier ---------------------------------------------------------
+
+    def _host_free(self) -> float:
+        host = next(p for p in self.pools if p.name == HOST)
+        if host.budget_gb is None:
+            return math.inf
+        return host.budget_gb - sum(s.placement.reservation.get(HOST, 0.0) for s in self.memory_holders() if s.placement)
+
+    def _sleep_gb(self, service: Service) -> float:
+        sleep = service.config.sleep
+        if sleep is not None and sleep.host_memory_gb is not None:
+            return sleep.host_memory_gb
+        return sum(gb for pool, gb in (service.placement.reservation.items() if service.placement else ()) if pool != HOST)
+
+    def _begin_sleep(self, service: Service, sleep_gb: float) -> asyncio.Task[None]:
+        """Put a READY, idle service to sleep: no request reaches it from now
+        on; the returned task makes the call, then gives its GPUs back and
+        keeps sleep_gb of host memory (or stops it if the call fails). Both
+        are reserved while the call is under way."""
+        assert service.placement is not None and service.config.sleep is not None
+        gpu = service.placement
+        service.placement = Placement((*gpu.pools, HOST), _merged(gpu.reservation, {HOST: sleep_gb}))
+        self._set_state(service, State.SLEEPING)
+        sleep = service.config.sleep
+
+        async def call() -> None:
+            try:
+                await self._post(service, sleep.sleep_path, sleep.timeout)
+            except (aiohttp.ClientError, asyncio.TimeoutError, ServiceError) as exc:
+                reason = f"it failed to go to sleep: {_reason(exc)}"
+                log_event(log, "sleep failed; stopping it instead", logging.WARNING, model=service.id, reason=reason)
+                self._count_sleep(service, "failed")
+                await asyncio.shield(self._begin_stop(service, service.process, State.STOPPED, reason=reason))
+                return
+            service.home = gpu
+            service.placement = Placement((HOST,), {HOST: sleep_gb})
+            service.sleeps += 1
+            self._count_sleep(service, "asleep")
+            self._set_state(service, State.ASLEEP)
+            log_event(log, "service asleep", model=service.id, host_gb=round(sleep_gb, 3))
+            self._notify()
+
+        task = asyncio.get_running_loop().create_task(call())
+        service.transition = task
+        self._stops.add(task)  # never cancelled, like a stop
+        task.add_done_callback(self._stops.discard)
+        return task
+
+    async def _wake(self, service: Service) -> None:
+        """Wake an ASLEEP service on the GPUs it slept on (evicting there if
+        need be); if those can never be free, stop it and load it afresh."""
+        assert service.home is not None and service.config.sleep is not None and service.placement is not None
+        home, asleep = service.home, dict(service.placement.reservation)
+        try:
+            await self._reserve(service, sum(home.reservation.values()), State.WAKING, only=home.pools, keep=asleep)
+        except ServiceError as exc:
+            if exc.status != 507:
+                raise
+            log_event(log, "cannot wake where it slept; restarting it", logging.WARNING, model=service.id,
+                      reason=exc.message)
+            await asyncio.shield(self._begin_stop_on_purpose(service, "memory"))
+            await self._load(service)
+            return
+        began = time.monotonic()
+        try:
+            await self._post(service, service.config.sleep.wake_path, service.config.sleep.timeout)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._begin_stop(service, service.process, State.STOPPED))
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError, ServiceError) as exc:
+            reason = f"it failed to wake: {_reason(exc)}"
+            service.failures += 1
+            retry_at = time.monotonic() + _backoff(service.failures)
+            await asyncio.shield(
+                self._begin_stop(service, service.process, State.FAILED, reason=reason, retry_at=retry_at)
+            )
+            raise ServiceError(503, f"model '{service.id}' {reason}", code="model_load_failed",
+                               retry_after=max(1.0, retry_at - time.monotonic())) from None
+        seconds = time.monotonic() - began
+        service.placement, service.home = home, None  # the host copy is gone
+        service.wakes += 1
+        service.last_used = time.monotonic()
+        if self.metrics:
+            self.metrics.wake_seconds.labels(service.id).observe(seconds)
+        self._set_state(service, State.READY)
+        log_event(log, "service awake", model=service.id, wake_seconds=round(seconds, 3))
+        self._notify()
+
+    async def _post(self, service: Service, path: str, timeout: float) -> None:
+        assert self._session is not None
+        async with self._session.post(service.url + path, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            if response.status >= 300:
+                body = (await response.text())[:200]
+                raise ServiceError(502, f"POST {path} answered {response.status}: {body}")
+
+    async def sleep(self, model_id: str) -> Service:
+        """Put model_id to sleep now (the admin API): it must be ready, idle
+        and able to sleep, with room in host memory."""
+        service = self.services[model_id]
+        async with self._placement:
+            if not service.can_sleep:
+                raise ServiceError(409, f"model '{model_id}' cannot sleep: it has no `sleep` in models.yaml "
+                                        "or runs on the CPU", code="cannot_sleep")
+            if service.state is not State.READY or service.in_flight:
+                raise ServiceError(409, f"model '{model_id}' is {service.state.value}"
+                                        + (" and busy" if service.in_flight else "") + "; only an idle ready "
+                                        "model can be put to sleep", code="not_idle")
+            sleep_gb = self._sleep_gb(service)
+            if sleep_gb > self._host_free():
+                raise ServiceError(507, f"model '{model_id}' needs {sleep_gb:g} GB of host memory to sleep; "
+                                        f"{max(0.0, self._host_free()):g} GB is free", code="insufficient_memory")
+            task = self._begin_sleep(service, sleep_gb)
+        await asyncio.shield(task)
+        return service
+
     # --- stopping -------------------------------------------------------------
 
     async def unload(self, model_id: str, drain: float = 0.0, reason: str = "unload") -> None:
@@ -469,7 +655,9 @@ class Scheduler:
             except (asyncio.CancelledError, ServiceError):
                 if _being_cancelled():
                     raise
-        if service.state is State.READY:
+        if service.state is State.SLEEPING and service.transition is not None:
+            await asyncio.shield(service.transition)
+        if service.state in (State.READY, State.ASLEEP):
             await asyncio.shield(self._begin_stop_on_purpose(service, reason))
         elif service.state is State.STOPPING:
             await service.stopped.wait()
@@ -516,6 +704,7 @@ class Scheduler:
                 service.placement = None  # the memory is free: the process group is gone
                 service.assignment = None
                 service.keep_alive = None  # a request's keep_alive lasts for this run only
+                service.home = None
                 self._retired.discard(service)
                 self._set_state(service, final)
                 service.stopped.set()
@@ -528,8 +717,8 @@ class Scheduler:
 
     async def _watch_exit(self, service: Service, process: ServiceProcess) -> None:
         code = await process.wait_exit()
-        if service.process is not process or service.state is not State.READY:
-            return  # stopped on purpose
+        if service.process is not process or service.state not in (State.READY, State.ASLEEP):
+            return  # stopped on purpose (or a sleep or wake call is under way: its failure stops it)
         uptime = time.monotonic() - (service.started_at or time.monotonic())
         if uptime >= STABLE_UPTIME:
             service.failures = 0
@@ -628,6 +817,10 @@ class Scheduler:
 
     # --- bookkeeping --------------------------------------------------------------
 
+    def _count_sleep(self, service: Service, outcome: str) -> None:
+        if self.metrics:
+            self.metrics.sleeps.labels(service.id, outcome).inc()
+
     def _count_load(self, service: Service, outcome: str, seconds: float | None = None) -> None:
         if self.metrics:
             self.metrics.loads.labels(service.id, outcome).inc()
@@ -673,6 +866,18 @@ def memory_pools(config: Config, inventory: Inventory) -> list[Pool]:
         budget = max(0.0, gpu.total_gb - config.settings.gpu_reserve_gb)
         pools.append(Pool(f"gpu{gpu.index}", budget, gpu.total_gb, gpu.index, gpu.name))
     return pools
+
+
+def _merged(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    return {name: a.get(name, 0.0) + b.get(name, 0.0) for name in {**a, **b}}
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ServiceError):
+        return exc.message
+    if isinstance(exc, asyncio.TimeoutError):
+        return "no answer in time"
+    return str(exc) or type(exc).__name__
 
 
 def _needs_restart(old: ModelConfig, new: ModelConfig) -> bool:

@@ -21,6 +21,13 @@ class State(str, enum.Enum):
     READY = "ready"
     STOPPING = "stopping"
     FAILED = "failed"
+    # The sleep tier (models.yaml `sleep`): weights in host memory, process alive.
+    SLEEPING = "sleeping"  # the sleep call is under way; GPU and host memory both held
+    ASLEEP = "asleep"  # holds host memory only
+    WAKING = "waking"  # the wake call is under way; GPU and host memory both held
+
+
+HOLDING_MEMORY = (State.STARTING, State.READY, State.STOPPING, State.SLEEPING, State.ASLEEP, State.WAKING)
 
 
 class Gate:
@@ -81,6 +88,10 @@ class Service:
     # A reload replaced it: it may finish what it serves, but never starts again.
     retired: bool = False
     keep_alive: float | None = None  # idle seconds to stay loaded, from the last request that said
+    home: Placement | None = None  # asleep: the GPUs it wakes on (its CUDA context lives there)
+    transition: asyncio.Task[None] | None = None  # the sleep call under way
+    sleeps: int = 0
+    wakes: int = 0
 
     def __post_init__(self) -> None:
         self.stopped.set()
@@ -97,10 +108,14 @@ class Service:
 
     @property
     def holds_memory(self) -> bool:
-        return self.state in (State.STARTING, State.READY, State.STOPPING)
+        return self.state in HOLDING_MEMORY
+
+    @property
+    def can_sleep(self) -> bool:
+        return self.config.sleep is not None and self.gpus > 0
 
     def evictable(self) -> bool:
-        return self.state is State.READY and self.in_flight == 0 and not self.config.pinned
+        return self.state in (State.READY, State.ASLEEP) and self.in_flight == 0 and not self.config.pinned
 
     @property
     def reserved_gb(self) -> float:

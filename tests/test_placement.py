@@ -111,3 +111,9 @@ def test_one_large_cheap_victim_beats_two_small_ones_costing_more():
                held("busy", evictable=False, gpu0=10)]
     plan = place(Need("m", 38, 1), gpus(80), holders)
     assert plan is not None and plan.victims == ("c",) and plan.cost == 2
+
+
+def test_a_need_bound_to_its_pools_goes_there_or_evicts_there():
+    holders = [held("a", cost=1, gpu1=70)]
+    plan = place(Need("m", 30, 1, only=("gpu1",)), gpus(80, 80), holders)  # gpu0 is free, but not allowed
+    assert plan is not None and plan.pools == ("gpu1",) and plan.victims == ("a",)

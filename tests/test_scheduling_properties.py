@@ -1,6 +1,6 @@
 """Property-based tests of the scheduler: random interleavings of requests,
-slow completions, crashes (SIGKILL), unloads and loads, against real service
-processes on a simulated 2- and 4-GPU host. After every state change: no GPU
+slow completions, crashes (SIGKILL), unloads, loads, sleeps and reloads of
+models.yaml, against real service processes on a simulated 2- and 4-GPU host. After every state change: no GPU
 over its budget, a legal transition, no model started twice at once. At the
 end: every request answered (a response, or a documented 429/503/507, or 502
 for a request whose service was killed under it), nothing hung, no process
@@ -42,7 +42,15 @@ def scenarios(draw: st.DrawFn, gpu_count: int) -> dict[str, Any]:
             "max_queue": draw(st.sampled_from([1, 4, 256])),
             "pinned": draw(st.sampled_from([False, False, False, False, True])),
         }
+        if draw(st.booleans()):  # the sleep tier: evicted to host memory instead of stopped
+            models[f"m{i}"]["sleep"] = {}
+            if draw(st.booleans()):
+                models[f"m{i}"]["cmd"] += " --sleep-ms 50"
     names = sorted(models)
+    groups = {}
+    if draw(st.integers(0, 2)) == 0:  # sometimes a llama-swap group over two of them
+        pair = draw(st.lists(st.sampled_from(names), min_size=2, max_size=2, unique=True))
+        groups["g"] = {"members": pair, "swap": True, "exclusive": draw(st.booleans())}
     op = st.one_of(
         st.tuples(st.just("request"), st.sampled_from(names), st.integers(0, 400), st.booleans()),
         st.tuples(st.just("request"), st.sampled_from(names), st.integers(0, 400), st.booleans()),
@@ -52,6 +60,7 @@ def scenarios(draw: st.DrawFn, gpu_count: int) -> dict[str, Any]:
         st.tuples(st.just("load"), st.sampled_from(names)),
         st.tuples(st.just("reload-change"), st.sampled_from(names)),
         st.tuples(st.just("reload-drop"), st.sampled_from(names)),
+        st.tuples(st.just("sleep"), st.sampled_from(names)),
     )
     ops = draw(st.lists(st.tuples(st.integers(0, 1500), op), min_size=4, max_size=24))
     return {
@@ -61,8 +70,11 @@ def scenarios(draw: st.DrawFn, gpu_count: int) -> dict[str, Any]:
                 "gpu_reserve_gb": 0,
                 "eviction_wait": 2,
                 "shutdown_grace": 2,
+                # Host memory for asleep models: none, some, plenty.
+                "memory_budget_gb": draw(st.sampled_from([1, 24, 200])),
             },
             "models": models,
+            "groups": groups,
         },
         "ops": ops,
     }
@@ -83,6 +95,13 @@ async def run_op(harness: Harness, models: dict[str, Any], start_ms: int, op: tu
                 models[model] = dict(harness.original_models[model])
         data = yaml.safe_load(harness.config_path.read_text())
         data["models"] = models
+        # A group may only name models that exist: drop members that were dropped.
+        groups = {}
+        for name, group in harness.original_groups.items():
+            members = [m for m in group["members"] if m in models]
+            if members:
+                groups[name] = {**group, "members": members}
+        data["groups"] = groups
         # Written whole and renamed into place, as editors do: a reload never reads half a file.
         scratch = harness.config_path.with_suffix(f".{os.getpid()}.{id(op)}.tmp")
         scratch.write_text(yaml.safe_dump(data))
@@ -99,7 +118,8 @@ async def run_op(harness: Harness, models: dict[str, Any], start_ms: int, op: tu
             os.kill(process.pid, signal.SIGKILL)
             return (kind, model, "killed")
         return (kind, model, "not running")
-    status, body = await harness.admin("POST", f"/services/{model}/{kind}" + ("?drain=0.2" if kind == "unload" else ""))
+    suffix = "?drain=0.2" if kind == "unload" else ""
+    status, body = await harness.admin("POST", f"/services/{model}/{kind}{suffix}")
     return (kind, model, status, body)
 
 
@@ -108,8 +128,14 @@ def check_admin(outcome: tuple[Any, ...], dropped: set[str]) -> None:
     if kind in ("load", "unload") and status == 404:
         assert model in dropped and body["error"]["code"] == "model_not_found", outcome
         return
-    if kind == "reload-drop" and status == 409:  # it would have removed every model
+    if kind.startswith("reload") and status == 409:  # the file has no models left: refused
         assert body["error"]["code"] == "reload_refused", outcome
+        return
+    if kind == "load" and status == 409:
+        assert body["error"]["code"] == "group_conflict", outcome
+        return
+    if kind == "sleep" and status in (404, 409, 507):  # gone, not an idle sleeper, or no host room
+        assert body["error"]["code"] in ("model_not_found", "cannot_sleep", "not_idle", "insufficient_memory"), outcome
         return
     assert status in (200, *DOCUMENTED), outcome
 
@@ -130,10 +156,13 @@ def check_request(
         assert body["choices"][0]["message"]["content"], body
         return
     code = body["error"]["code"]
+    assert code != "asleep", f"{model}: a request reached a sleeping service: {body}"
     if status == 404:
         assert model in dropped and code == "model_not_found", body
     elif status == 502:
         assert model in disrupted, f"{model}: 502 without a crash or unload: {body}"
+    elif status == 409:  # its swap group has a pinned member running
+        assert code == "group_conflict", body
     elif status == 507:
         assert model in may_not_fit and code == "insufficient_memory", f"{model}: wrong 507: {body}"
     elif model in failing:
@@ -148,6 +177,7 @@ async def run_scenario(scenario: dict[str, Any], state_dir: Path) -> None:
     failing = {m for m, c in config["models"].items() if "--fail-load" in c["cmd"]}
     async with serve_in_process(config, state_dir) as harness:
         harness.original_models = config["models"]
+        harness.original_groups = config["groups"]
         models = {name: dict(entry) for name, entry in config["models"].items()}
         outcomes = await asyncio.wait_for(
             asyncio.gather(*(run_op(harness, models, start, op) for start, op in ops)), SCENARIO_TIMEOUT

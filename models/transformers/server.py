@@ -161,6 +161,7 @@ def message_text(message: ChatMessage, index: int) -> str:
 
 class TransformersService(BaseService):
     name = "transformers"
+    can_sleep = True  # the sleep tier: the weights move to host memory and back
 
     def __init__(self, options: argparse.Namespace) -> None:
         # One generate() at a time, in this one thread: the model exists once in
@@ -229,6 +230,18 @@ class TransformersService(BaseService):
             max_context=opts.max_context,
             model_path=opts.model_path,
         )
+
+    def sleep(self) -> None:
+        # On the generation thread, so it never moves weights under a generation.
+        self._worker.submit(self._move, "cpu").result()
+
+    def wake(self) -> None:
+        self._worker.submit(self._move, self.device).result()
+
+    def _move(self, device: str) -> None:
+        self.model.to(device)
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()  # give the freed memory back to the driver, for other services
 
     def health_details(self) -> dict[str, Any]:
         dtype = str(self.dtype).removeprefix("torch.") if self.dtype else None

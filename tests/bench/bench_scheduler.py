@@ -21,7 +21,7 @@ with a baseline measured in the same run.
    fit: modelyard) vs. 24 GB models (one fits: the same scheduler then swaps
    one at a time, as llama-swap does by default).
 
-  python tests/bench/bench_scheduler.py [--only decision|swap|mixed] [--scale F] [--json FILE]
+  python tests/bench/bench_scheduler.py [--only decision|swap|wake|mixed] [--scale F] [--json FILE]
 
 This file is a script, not a test: pytest does not collect it.
 """
@@ -57,6 +57,7 @@ from tests.support.inprocess import Harness, serve_in_process  # noqa: E402
 FAKE = "${PYTHON} tests/support/fake_service.py --port ${PORT}"
 TARGET_DECISION_US = 1000.0
 TARGET_SWAP_MS = 100.0
+TARGET_WAKE_MS = 500.0
 MODELS, HOLDERS = 50, 30
 SIZES = [2, 4, 6, 8, 10, 12, 14]  # GB of a 1-GPU model on the 4-GPU host; x2 for 2 GPUs, x2 on 8 GPUs
 QUIET_WAIT_S = 5.0  # before each measurement, wait up to this long for other jobs to go quiet
@@ -308,6 +309,52 @@ async def bench_swap(swaps: int) -> dict[str, Any]:
     return {"swap": summarize(swap), "cold": summarize(cold), "violations": violations}
 
 
+# --- 2b. wake from sleep vs reload, the real transformers engine --------------------
+
+
+async def bench_wake(switches: int) -> dict[str, Any]:
+    """Two SmolLM2-135M services on one simulated 24 GB GPU with room for one:
+    every switch evicts the other. With `sleep` the evicted one sleeps and the
+    next request wakes it; without, it is stopped and reloaded. First byte of
+    the switching requests, both ways, in the same run. On a CPU-only host the
+    engine's sleep keeps the weights on the CPU (nothing to move)."""
+    root = Path(__file__).resolve().parents[2]
+    envs = Path(os.environ.get("MODELYARD_ENVS_DIR", root / "state" / "envs"))
+    weights = Path(os.environ.get("MODELYARD_SMOLLM2_DIR", root / "state" / "models" / "smollm2-135m"))
+    if not (envs / "transformers" / "bin" / "python").exists() or not (weights / "config.json").exists():
+        return {"skipped": f"needs the transformers engine ({envs}/transformers) and SmolLM2 ({weights}): "
+                           "./scripts/install.sh"}
+    previous = os.environ.get("MODELYARD_ENVS_DIR")
+    os.environ["MODELYARD_ENVS_DIR"] = str(envs)
+    out: dict[str, Any] = {}
+    try:
+        for mode in ("sleep", "reload"):
+            model = {"engine": "transformers", "model": str(weights), "memory_gb": 16, "gpus": 1,
+                     "args": {"default_max_tokens": 8}, **({"sleep": {}} if mode == "sleep" else {})}
+            config = {"settings": {"gpus": [{"name": "sim 24GB", "memory_gb": 24}], "gpu_reserve_gb": 0,
+                                   "memory_budget_gb": 40, "log_level": "warning"},
+                      "models": {"a": model, "b": model}}
+            with tempfile.TemporaryDirectory(prefix=f"modelyard-bench-{mode}-") as state:
+                async with serve_in_process(config, Path(state)) as harness:
+                    await first_byte(harness, "a")
+                    await first_byte(harness, "b")  # a is evicted: asleep, or stopped
+                    samples = []
+                    for model_id in ("a", "b") * (switches // 2):
+                        await asyncio.sleep(0.3)
+                        samples.append(await first_byte(harness, model_id) * 1000)
+                    services = harness.scheduler.services
+                    out[mode] = {"first_byte_ms": samples, "median_ms": statistics.median(samples),
+                                 "starts": sum(s.starts for s in services.values()),
+                                 "wakes": sum(s.wakes for s in services.values()),
+                                 "violations": list(harness.checker.violations)}
+    finally:
+        if previous is None:
+            os.environ.pop("MODELYARD_ENVS_DIR", None)
+        else:
+            os.environ["MODELYARD_ENVS_DIR"] = previous
+    return out
+
+
 # --- 3. mixed workload --------------------------------------------------------------
 
 
@@ -411,6 +458,20 @@ def report(meta: dict[str, Any], res: dict[str, Any], targets: list[dict[str, An
         out.append(f"  {'overhead p90':<56}{fmt(s['p90_overhead_ms'], 1):>10}{fmt(c['p90_overhead_ms'], 1):>10}")
         out.append("  per swap (overhead ms): " + ", ".join(map(str, s["overheads_ms"])))
         out.append("")
+    wake = res.get("wake")
+    if wake and "skipped" in wake:
+        out += [f"wake from sleep: skipped ({wake['skipped']})", ""]
+    elif wake:
+        head = f"{'switch between 2 SmolLM2 services, 1 simulated GPU, first byte ms':<66}{'sleep':>10}{'reload':>10}"
+        out += [head, "-" * len(head)]
+        sl, rl = wake["sleep"], wake["reload"]
+        out.append(f"{'  median':<66}{sl['median_ms']:>10.1f}{rl['median_ms']:>10.1f}")
+        out.append(f"{'  service starts (whole run) / wakes':<66}{str(sl['starts']) + ' / ' + str(sl['wakes']):>10}"
+                   f"{str(rl['starts']) + ' / ' + str(rl['wakes']):>10}")
+        out.append(f"  each, sleep:  {', '.join(f'{v:.0f}' for v in sl['first_byte_ms'])}")
+        out.append(f"  each, reload: {', '.join(f'{v:.0f}' for v in rl['first_byte_ms'])}")
+        out += ["  (CPU-only host: the engine's sleep keeps its weights on the CPU, so a wake moves nothing;",
+                "   on a GPU the wake also copies the weights back to the card: not measured here)", ""]
     if "mixed" in res:
         m, n = res["mixed"]["modelyard"], res["mixed"]["naive"]
         out.append(f"mixed workload: 4 models (1.0 s startup), traffic {'/'.join(map(str, MIX.values()))}, "
@@ -472,6 +533,11 @@ def evaluate(res: dict[str, Any]) -> list[dict[str, Any]]:
         v -= res["swap"]["swap"]["median"]["victim_stop_ms"]
         target("(extra) swap overhead less the victim's own exit, median", v, TARGET_SWAP_MS, True, f"{v:.1f} ms",
                f"< {TARGET_SWAP_MS:g} ms")
+    wake = res.get("wake", {})
+    if "sleep" in wake:
+        v = wake["sleep"]["median_ms"]
+        target("wake from sleep to first byte, median (CPU: transformers engine)", v, TARGET_WAKE_MS, True,
+               f"{v:.0f} ms", f"< {TARGET_WAKE_MS:g} ms")
     if "mixed" in res:
         m, n = res["mixed"]["modelyard"], res["mixed"]["naive"]
         r = ratio(m["completed_per_min"], n["completed_per_min"])
@@ -481,7 +547,7 @@ def evaluate(res: dict[str, Any]) -> list[dict[str, Any]]:
 
 async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {}
-    only = set(args.only or ("decision", "swap", "mixed"))
+    only = set(args.only or ("decision", "swap", "wake", "mixed"))
     if "decision" in only:
         count, states = max(100, int(2000 * args.scale)), max(20, int(300 * args.scale))
         res["decision"] = []
@@ -495,6 +561,12 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         print(f"... swap overhead: {swaps} swaps, then cold starts", file=sys.stderr, flush=True)
         await wait_quiet(QUIET_WAIT_S)
         res["swap"] = await bench_swap(swaps)
+    if "wake" in only:
+        switches = max(4, 2 * round(4 * args.scale))
+        print(f"... wake from sleep vs reload, transformers engine: {switches} switches each", file=sys.stderr,
+              flush=True)
+        await wait_quiet(QUIET_WAIT_S)
+        res["wake"] = await bench_wake(switches)
     if "mixed" in only:
         duration = args.duration * args.scale
         res["mixed"] = {"duration_s": duration, "clients": args.clients}
@@ -508,7 +580,7 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", action="append", choices=["decision", "swap", "mixed"], help="run only this part")
+    parser.add_argument("--only", action="append", choices=["decision", "swap", "wake", "mixed"], help="run only this part")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply counts and durations (default 1)")
     parser.add_argument("--duration", type=float, default=30.0, help="mixed workload seconds per policy (default 30)")
     parser.add_argument("--clients", type=int, default=16, help="mixed workload concurrent clients (default 16)")

@@ -246,3 +246,18 @@ def test_sigterm_exits_within_grace(tmp_path: Path) -> None:
         assert code in (0, -signal.SIGTERM), engine.log()[-3000:]
     finally:
         engine.stop()
+
+
+def test_sleep_and_wake(client: httpx.Client) -> None:
+    """The sleep tier's endpoints: asleep, it refuses work (the orchestrator
+    wakes it first); awake, it answers as before. On this CPU-only machine
+    the weights stay on the CPU, so this checks the contract, not the move."""
+    assert client.post("/sleep").json() == {"asleep": True}
+    refused = client.post("/v1/chat/completions", json={"model": MODEL_ID, "messages": FRANCE})
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "asleep"
+    assert client.get("/health").status_code == 200  # still healthy: it is alive, only asleep
+    began = time.monotonic()
+    assert client.post("/wake").json() == {"asleep": False}
+    print(f"\nwake on CPU: {(time.monotonic() - began) * 1000:.1f} ms")
+    answer = client.post("/v1/chat/completions", json={"model": MODEL_ID, "messages": FRANCE, "max_tokens": 12, "temperature": 0})
+    assert "Paris" in answer.json()["choices"][0]["message"]["content"]

@@ -31,6 +31,7 @@ from core.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingReq
 
 class FakeService(BaseService):
     name = "fake"
+    can_sleep = True
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -43,6 +44,9 @@ class FakeService(BaseService):
         parser.add_argument("--crash-after-chunks", type=int, default=0, help="exit hard after N chunks")
         parser.add_argument("--ignore-sigterm", action="store_true", help="survive SIGTERM (tests SIGKILL)")
         parser.add_argument("--spawn-child", action="store_true", help="start a sleeping child process")
+        parser.add_argument("--sleep-ms", type=float, default=0.0, help="time a sleep or a wake takes")
+        parser.add_argument("--fail-sleep", action="store_true", help="POST /sleep fails")
+        parser.add_argument("--fail-wake", action="store_true", help="POST /wake fails")
         parser.add_argument("--gpu-memory-utilization", type=float, default=None,
                             help="like vLLM's: the share of each card it may take (reported in /health)")
 
@@ -64,6 +68,18 @@ class FakeService(BaseService):
             while True:
                 time.sleep(1)
         time.sleep(self.options.startup_delay)
+
+    def sleep(self) -> None:
+        time.sleep(self.options.sleep_ms / 1000)
+        if self.options.fail_sleep:
+            raise ServiceError(500, "cannot sleep (simulated)")
+        self.stats["sleeps"] = self.stats.get("sleeps", 0) + 1
+
+    def wake(self) -> None:
+        time.sleep(self.options.sleep_ms / 1000)
+        if self.options.fail_wake:
+            raise ServiceError(500, "cannot wake (simulated)")
+        self.stats["wakes"] = self.stats.get("wakes", 0) + 1
 
     def health_details(self) -> dict[str, Any]:
         return {

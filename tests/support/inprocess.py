@@ -34,6 +34,14 @@ ALLOWED_TRANSITIONS = {
     (State.STOPPING, State.STOPPED),
     (State.STOPPING, State.FAILED),
     (State.FAILED, State.STOPPED),
+    # the sleep tier
+    (State.READY, State.SLEEPING),
+    (State.SLEEPING, State.ASLEEP),
+    (State.SLEEPING, State.STOPPING),
+    (State.ASLEEP, State.WAKING),
+    (State.ASLEEP, State.STOPPING),
+    (State.WAKING, State.READY),
+    (State.WAKING, State.STOPPING),
 }
 
 
@@ -72,6 +80,14 @@ class InvariantChecker:
             held = sum(s.placement.reservation.get(pool.name, 0.0) for s in holders if s.placement is not None)
             if pool.budget_gb is not None and held > pool.budget_gb + EPSILON:
                 self.violations.append(f"{pool.name}: {held:g} GB reserved over a budget of {pool.budget_gb:g} GB")
+        # On a GPU or about to be (stopping ones are on their way out, maybe from asleep).
+        running = (State.STARTING, State.READY, State.SLEEPING, State.WAKING)
+        for name, group in self.scheduler.config.groups.items():
+            if not group.swap:
+                continue
+            members = [s.id for s in self.scheduler.memory_holders() if s.id in group.members and s.state in running]
+            if len(members) > 1:
+                self.violations.append(f"swap group {name}: {members} run at once")
         if new is State.STARTING:
             self.starts[service.id] = self.starts.get(service.id, 0) + 1
             running = live_processes(self.instance, service.id)
@@ -88,6 +104,7 @@ class Harness:
     session: aiohttp.ClientSession
     config_path: Path  # the models.yaml it serves: rewrite it, then POST /admin/reload
     original_models: dict[str, Any] = field(default_factory=dict)  # for tests that edit the config
+    original_groups: dict[str, Any] = field(default_factory=dict)
 
     async def chat(self, model: str, *, stream: bool = False, delay_ms: int = 0) -> tuple[int, Any]:
         """(status, body): the JSON body, or for a stream the list of events."""
