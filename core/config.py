@@ -232,7 +232,13 @@ class Settings(_Strict):
         10.0,
         ge=0,
         description="Seconds a load waits for busy services before they stop taking new requests "
-        "(held until the load got their memory), so that a popular model cannot starve the others.",
+        "(held until the load got their memory), so that a popular model cannot starve the others. "
+        "At most half of eviction_wait is used.",
+    )
+    load_progress: bool = Field(
+        False,
+        description="A streamed request that waits for its model to load gets its stream at once, with an SSE "
+        "comment every second until the model answers (errors then arrive as a final error event).",
     )
     shutdown_grace: float = Field(
         10.0, ge=0, description="Seconds a service gets between SIGTERM and SIGKILL."

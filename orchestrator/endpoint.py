@@ -27,9 +27,10 @@ from pydantic import BaseModel, ValidationError
 from core.errors import ServiceError
 from core.http_errors import describe_validation
 from core.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, parse_keep_alive
+from orchestrator.progress import AfterHeaders, acquire_with_progress
 from orchestrator.proxy import Proxy, send_json
 from orchestrator.registry import Registry
-from orchestrator.scheduler import Lease, Scheduler
+from orchestrator.scheduler import Lease, Scheduler, State
 
 ROUTES: dict[str, type[BaseModel]] = {
     "/v1/chat/completions": ChatCompletionRequest,
@@ -155,9 +156,14 @@ class OpenAIEndpoint:
                 if payload["model"] != upstream_name or keep_alive is not None:
                     payload["model"] = upstream_name
                     body = orjson.dumps(payload)
-                lease = await self.scheduler.acquire(
-                    model_id, None if keep_alive is None else parse_keep_alive(keep_alive)
-                )
+                seconds = None if keep_alive is None else parse_keep_alive(keep_alive)
+                if payload.get("stream") is True and self._progress_for(model_id):
+                    answered = True  # our 200 goes out now; what follows arrives as events
+                    lease = await acquire_with_progress(self.scheduler, model_id, seconds, send, request_id)
+                    if lease is not None:
+                        await self.proxy.forward(lease, route, body, request_id, began, AfterHeaders(send))
+                    return
+                lease = await self.scheduler.acquire(model_id, seconds)
             except ServiceError as exc:
                 answered = True
                 await self._error(send, exc, request_id)
@@ -183,6 +189,14 @@ class OpenAIEndpoint:
         finally:
             state["done"] = True
             watcher.cancel()
+
+    def _progress_for(self, model_id: str) -> bool:
+        """Whether a streamed request for model_id gets load progress events:
+        settings.load_progress is on and the model is not ready to answer."""
+        if not self.scheduler.settings.load_progress:
+            return False
+        service = self.scheduler.services.get(model_id)
+        return service is not None and service.state is not State.READY
 
     @staticmethod
     async def _error(send: Any, exc: ServiceError, request_id: bytes) -> None:

@@ -403,11 +403,11 @@ class Scheduler:
                         code="memory_busy",
                         retry_after=5,
                     )
-                if not tried_drain and waited >= self.settings.fair_wait:
+                # Capped at half the whole wait, so that draining always gets its chance.
+                fair_wait = min(self.settings.fair_wait, self.settings.eviction_wait / 2)
+                if not tried_drain and waited >= fair_wait:
                     drained, tried_drain = self._drain_for(service, need, holder), True
-                next_step = self.settings.eviction_wait if tried_drain else min(
-                    self.settings.fair_wait, self.settings.eviction_wait
-                )
+                next_step = self.settings.eviction_wait if tried_drain else fair_wait
                 await self._wait_for_change(max(0.05, next_step - waited))
         finally:
             for busy in drained:
