@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import httpx
 import openai
 
 from orchestrator.progress import AfterHeaders
