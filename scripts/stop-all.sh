@@ -18,6 +18,7 @@ while [ $# -gt 0 ]; do
 done
 
 lock="$STATE_DIR/orchestrator.lock"
+trap 'rm -f "$STATE_DIR/orchestrator.pid"' EXIT  # written by start-all.sh --daemon
 # The orchestrator holds an exclusive lock on this file while it runs: if we
 # can take it, nothing runs (and the pid inside may belong to anyone by now).
 if [ ! -f "$lock" ] || flock -n "$lock" true; then

@@ -54,3 +54,45 @@ def test_scripts_reject_bad_arguments_with_usage(tmp_path):
         result = run_script(script, *args, state_dir=tmp_path)
         assert result.returncode == 2, (script, args)
         assert "usage" in result.stderr.lower() or "scripts/" in result.stderr
+
+
+def test_start_all_daemon_then_stop_all_leaves_nothing_running(tmp_path):
+    import httpx
+    import yaml
+
+    from core.process import free_port
+
+    config = tmp_path / "models.yaml"
+    config.write_text(yaml.safe_dump({"models": {"m": fake_model("--spawn-child")}}))
+    state = tmp_path / "state"
+    port = free_port()
+    env = {**os.environ, "MODELYARD_STATE_DIR": str(state),
+           "MODELYARD_ENVS_DIR": os.environ.get("MODELYARD_ENVS_DIR", str(ROOT / "state" / "envs"))}
+    started = subprocess.run(["bash", "scripts/start-all.sh", "--daemon", "--config", str(config), "--port", str(port)],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    assert f"modelyard listening on http://127.0.0.1:{port}" in started.stdout
+    pid = int((state / "orchestrator.pid").read_text())
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.post(url + "/admin/services/m/load", timeout=30).status_code == 200
+        assert len(instance_processes(state)) == 2  # the service and its child
+    finally:
+        stopped = subprocess.run(["bash", "scripts/stop-all.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                                 timeout=60)
+    assert stopped.returncode == 0 and "stopped" in stopped.stderr, stopped.stderr
+    assert not (state / "orchestrator.pid").exists()
+    assert instance_processes(state) == []
+    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    assert "modelyard listening on" in (state / "logs" / "orchestrator.log").read_text()
+
+
+def test_start_all_daemon_reports_a_broken_config(tmp_path):
+    config = tmp_path / "models.yaml"
+    config.write_text("models:\n  m:\n    engine: warp-drive\n")
+    env = {**os.environ, "MODELYARD_STATE_DIR": str(tmp_path / "state"),
+           "MODELYARD_ENVS_DIR": os.environ.get("MODELYARD_ENVS_DIR", str(ROOT / "state" / "envs"))}
+    result = subprocess.run(["bash", "scripts/start-all.sh", "--daemon", "--config", str(config)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "model 'm', field 'engine'" in result.stderr
