@@ -634,6 +634,9 @@ class Scheduler:
                                         f"{max(0.0, self._host_free()):g} GB is free", code="insufficient_memory")
             task = self._begin_sleep(service, sleep_gb)
         await asyncio.shield(task)
+        if service.state is not State.ASLEEP:  # the call failed, and it was stopped instead
+            raise ServiceError(502, f"model '{model_id}' {service.last_error or 'did not go to sleep'}; "
+                                    "it was stopped instead", code="sleep_failed")
         return service
 
     # --- stopping -------------------------------------------------------------

@@ -81,6 +81,12 @@ async def test_a_model_that_fails_to_sleep_is_stopped_instead(tmp_path):
         a = harness.scheduler.services["a"]
         assert a.state is State.STOPPED and "failed to go to sleep" in (a.last_error or "")
         assert (await harness.chat("a"))[0] == 200  # a fresh start, no backoff: nothing failed to load
+        await harness.chat("b")  # a is evicted again (stopped), b runs; now ask for a sleep by hand
+        assert (await harness.chat("a"))[0] == 200
+        status, body = await harness.admin("POST", "/services/a/sleep")
+        assert status == 502 and body["error"]["code"] == "sleep_failed"
+        assert "failed to go to sleep" in body["error"]["message"]
+        assert harness.scheduler.services["a"].state is State.STOPPED
         assert not harness.checker.violations, harness.checker.violations
 
 
