@@ -83,7 +83,7 @@ class ModelConfig(_Strict):
     type: Literal["text", "embedding", "image", "audio", "vision", "service"] = Field(
         "text", description="What the model serves; decides which routes reach it."
     )
-    engine: Literal["transformers", "command"] = Field(
+    engine: Literal["transformers", "embeddings", "onnx", "command"] = Field(
         description="Which engine starts it: a models/<engine>/ launcher, or `command` "
         "for any OpenAI-compatible server given as `cmd`."
     )
@@ -176,8 +176,8 @@ class ModelConfig(_Strict):
                 raise ValueError(f"`cmd` cannot be split into arguments: {exc}") from None
         elif self.cmd:
             raise ValueError(f"`cmd` is only for engine 'command', not {self.engine!r}")
-        if self.engine == "transformers" and not self.model:
-            raise ValueError("engine 'transformers' needs `model`, the path of a local HF directory")
+        if self.engine != "command" and not self.model:
+            raise ValueError(f"engine {self.engine!r} needs `model`, the path of a local model directory")
         return self
 
 

@@ -18,9 +18,6 @@ from core.config import ROOT_DIR, Config, ModelConfig, expand
 from core.errors import ServiceError
 from core.process import INSTANCE_ENV, PARENT_ENV, LaunchSpec
 
-# Engines whose server lives in models/<engine>/server.py.
-PYTHON_ENGINES = ("transformers",)
-
 
 @dataclass(frozen=True)
 class GpuAssignment:

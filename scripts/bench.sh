@@ -7,16 +7,20 @@
 #   scheduler  GPU-aware scheduling: decision time at 50 models vs a naive LRU
 #              decision, swap overhead vs a cold start, a mixed 4-model workload vs
 #              one-at-a-time swapping (tests/bench/bench_scheduler.py)
+#   embeddings the real all-MiniLM-L6-v2 in the embeddings engine: requests/s at
+#              concurrency 1 and 32 with dynamic batching on and off, short
+#              queries and longer passages (tests/bench/bench_embeddings.py)
 #
-#   scripts/bench.sh                      both suites, proxy then scheduler, with their defaults
+#   scripts/bench.sh                      every suite, with its defaults
 #   scripts/bench.sh proxy [OPTIONS]      [--json results.json] [--scale 0.5] [--only SCENARIO] [--strict]
 #   scripts/bench.sh scheduler [OPTIONS]  [--json results.json] [--scale 0.5] [--only decision|swap|mixed]
 #                                         [--duration S] [--clients N] [--strict]
+#   scripts/bench.sh embeddings [OPTIONS] [--json results.json] [--requests N] [--strict]
 #   scripts/bench.sh --help | SUITE --help
 #
 # The options after a suite word go to that suite's script. Options without a
 # suite word go to the proxy suite alone (what this script did before it had
-# suites). Without any words both suites run; the exit status is the first
+# suites). Without any words every suite runs; the exit status is the first
 # non-zero one.
 #
 # Runs with the orchestrator's environment ($ENVS_DIR/orchestrator); set
@@ -31,7 +35,8 @@ suite_script() {
   case "$1" in
     proxy) echo tests/bench/bench_proxy.py ;;
     scheduler) echo tests/bench/bench_scheduler.py ;;
-    *) die "unknown benchmark suite '$1' (proxy or scheduler)" ;;
+    embeddings) echo tests/bench/bench_embeddings.py ;;
+    *) die "unknown benchmark suite '$1' (proxy, scheduler or embeddings)" ;;
   esac
 }
 
@@ -39,12 +44,12 @@ if [ "$#" -eq 0 ]; then
   [ -x "$ORCH_PY" ] || die "no Python at $ORCH_PY: run ./scripts/install.sh first, or set MODELYARD_BENCH_PYTHON"
   cd "$ROOT"
   status=0
-  for suite in proxy scheduler; do
+  for suite in proxy scheduler embeddings; do
     say "benchmark suite: $suite"
     rc=0
     "$ORCH_PY" "$(suite_script "$suite")" || rc=$?
     [ "$status" -ne 0 ] || status=$rc
-    [ "$suite" = scheduler ] || echo
+    [ "$suite" = embeddings ] || echo
   done
   exit "$status"
 fi

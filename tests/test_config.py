@@ -30,7 +30,7 @@ BROKEN = [
      ["model 'm'", "field 'memory_gb'", "valid number", "'lots'"]),
     ("models:\n  m:\n    engine: command\n    cmd: 'server --port 8000'\n",
      ["model 'm'", "must contain ${PORT}"]),
-    ("models:\n  m:\n    engine: vllmm\n", ["model 'm'", "field 'engine'", "'transformers' or 'command'"]),
+    ("models:\n  m:\n    engine: vllmm\n", ["model 'm'", "field 'engine'", "'transformers', 'embeddings', 'onnx' or 'command'"]),
     ("models:\n  m:\n    engine: transformers\n", ["model 'm'", "needs `model`"]),
     ("models:\n  m:\n    engine: command\n    cmd: 'x ${PORT}'\n    ttll: 5\n", ["model 'm'", "field 'ttll'", "Extra inputs"]),
     ("models:\n  m:\n    engine: command\n    cmd: 'x ${PORT} ${NOPE_NOT_SET}'\n", ["model 'm'", "${NOPE_NOT_SET}"]),

@@ -1,6 +1,7 @@
 """The README's promise: the embedded default config, started with
 scripts/start-all.sh, answers with a real model (SmolLM2-135M) through the
-orchestrator, streaming and not, and through the official openai client."""
+orchestrator, streaming and not, and through the official openai client; and
+embeddings from the real all-MiniLM-L6-v2 on the same endpoint."""
 
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ MODELS = Path(os.environ.get("MODELYARD_SMOLLM2_DIR", ROOT / "state" / "models" 
 
 @pytest.fixture(scope="module")
 def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    if not (ENVS / "transformers" / "bin" / "python").exists() or not (MODELS / "smollm2-135m").exists():
-        pytest.fail("the transformers engine or the default model is missing: run ./scripts/install.sh")
+    for engine, model in (("transformers", "smollm2-135m"), ("embeddings", "all-minilm-l6-v2")):
+        if not (ENVS / engine / "bin" / "python").exists() or not (MODELS / model).exists():
+            pytest.fail(f"the {engine} engine or the default model {model} is missing: run ./scripts/install.sh")
     # A state directory of its own, sharing the installed environments and model.
     state = tmp_path_factory.mktemp("appliance") / "state"
     state.mkdir()
@@ -93,6 +95,24 @@ def test_the_official_openai_client_works_unchanged(appliance):
     stream = client.chat.completions.create(model="smollm2", messages=QUESTION["messages"], stream=True)
     text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     assert "Paris" in text
-    assert [m.id for m in client.models.list()] == ["smollm2-135m"]
+    assert [m.id for m in client.models.list()] == ["smollm2-135m", "all-minilm-l6-v2"]
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-nope", messages=QUESTION["messages"])
+
+
+def test_embeddings_from_the_default_encoder(appliance):
+    url, _ = appliance
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
+    texts = ["A cat sits on the mat.", "A kitten is sitting on a rug.", "Stock markets fell sharply."]
+    result = client.embeddings.create(model="all-minilm", input=texts)  # an alias; base64 on the wire
+    cat, kitten, stocks = (item.embedding for item in result.data)
+    assert len(cat) == 384
+
+    def cosine(a, b):
+        return sum(x * y for x, y in zip(a, b, strict=True))  # the vectors are normalised
+
+    assert cosine(cat, kitten) > cosine(cat, stocks) + 0.3
+    assert result.usage.prompt_tokens > 0
+    # A text model is not an encoder: the route refuses it by name.
+    response = httpx.post(url + "/v1/embeddings", json={"model": "smollm2-135m", "input": "hi"}, timeout=30)
+    assert response.status_code == 400, response.text

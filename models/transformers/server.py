@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 import threading
 import time
@@ -42,6 +41,7 @@ from core.base_service import BaseService, sse_response  # noqa: E402
 from core.errors import ServiceError  # noqa: E402
 from core.logs import log_event  # noqa: E402
 from core.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, completion_id, now  # noqa: E402
+from core.torch_device import choose_device, keep_to_reservation  # noqa: E402
 
 log = logging.getLogger("modelyard.transformers")
 
@@ -191,11 +191,7 @@ class TransformersService(BaseService):
         opts = self.options
         if not opts.model_path or not Path(opts.model_path).is_dir():
             raise FileNotFoundError(f"model directory not found: {opts.model_path}")
-        device = opts.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        elif device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"--device {device} was asked for, but torch sees no CUDA GPU")
+        device = choose_device(opts.device)
         if opts.dtype != "auto":
             dtype = DTYPES[opts.dtype]
         elif device.startswith("cuda"):
@@ -203,10 +199,7 @@ class TransformersService(BaseService):
         else:
             dtype = torch.bfloat16  # measured faster than float32 for small models on CPU
 
-        fraction = float(os.environ.get("MODELYARD_GPU_MEMORY_FRACTION") or 0)
-        if device.startswith("cuda") and fraction > 0:
-            # Several services may share a card: keep to what the orchestrator reserved.
-            torch.cuda.set_per_process_memory_fraction(min(fraction, 1.0))
+        keep_to_reservation(device)
 
         began = time.monotonic()
         self.tokenizer = AutoTokenizer.from_pretrained(opts.model_path)

@@ -9,78 +9,30 @@ MODELYARD_SMOLLM2_DIR.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from core.process import free_port
-from tests.conftest import ROOT
+from tests.support.engine_process import Engine, prepared_model
+from tests.support.engine_process import start_engine as start_engine_process
 
 pytestmark = pytest.mark.slow
 
-SERVER = ROOT / "models" / "transformers" / "server.py"
 MODEL_ID = "smollm2-test"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 # A raw prompt that the model continues for as long as it is allowed to.
 ENDLESS = "1, 2, 3, 4, 5, 6, 7, 8,"
 
 
-def engine_python() -> Path:
-    path = Path(os.environ.get("MODELYARD_TRANSFORMERS_PYTHON", ROOT / "state/envs/transformers/bin/python"))
-    if not path.exists():
-        pytest.fail(f"transformers engine environment not found ({path}); run ./scripts/install.sh first")
-    return path
-
-
-def model_dir() -> Path:
-    path = Path(os.environ.get("MODELYARD_SMOLLM2_DIR", ROOT / "state/models/smollm2-135m"))
-    if not (path / "config.json").exists():
-        pytest.fail(f"SmolLM2 model directory not found ({path}); run ./scripts/install.sh first")
-    return path
-
-
-@dataclass
-class Engine:
-    process: subprocess.Popen[bytes]
-    url: str
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-
 def start_engine(log_path: Path, *extra: str) -> Engine:
-    port = free_port()
-    argv = [str(engine_python()), str(SERVER), "--port", str(port), "--model-path", str(model_dir())]
-    argv += ["--model-id", MODEL_ID, "--default-temperature", "0", *extra]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    engine = Engine(process, f"http://127.0.0.1:{port}", log_path)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"engine exited with {process.returncode} while loading:\n{engine.log()[-3000:]}")
-        try:
-            if httpx.get(engine.url + "/health", timeout=2).status_code == 200:
-                return engine
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    engine.stop()
-    pytest.fail(f"engine not healthy within 120 s:\n{engine.log()[-3000:]}")
+    model = prepared_model("MODELYARD_SMOLLM2_DIR", "smollm2-135m", "config.json")
+    argv = ["--model-path", str(model), "--model-id", MODEL_ID, "--default-temperature", "0", *extra]
+    return start_engine_process("transformers", log_path, *argv)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,28 @@
+"""Device choice for the engines that run PyTorch (imported only by them).
+
+`--device auto` means the GPU the orchestrator gave the service (it sets
+CUDA_VISIBLE_DEVICES), else the CPU; asking for CUDA where torch sees none is
+an error that says so, not a silent fall back to the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def choose_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {requested} was asked for, but torch sees no CUDA GPU")
+    return requested
+
+
+def keep_to_reservation(device: str) -> None:
+    """On a GPU, stay within the share of the card the orchestrator reserved
+    (MODELYARD_GPU_MEMORY_FRACTION): several services may share one card."""
+    fraction = float(os.environ.get("MODELYARD_GPU_MEMORY_FRACTION") or 0)
+    if device.startswith("cuda") and fraction > 0:
+        torch.cuda.set_per_process_memory_fraction(min(fraction, 1.0))
