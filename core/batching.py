@@ -11,8 +11,8 @@ that arrive meanwhile form the next batch without waiting further.
 
 A request's items may span batches; its results come back in its order. A
 failing batch fails the requests that had items in it, and no other. A
-request whose caller gave up (client gone) has its items skipped if they have
-not run yet.
+request whose task was cancelled has its items skipped if they have not run
+yet.
 """
 
 from __future__ import annotations
@@ -102,6 +102,16 @@ class DynamicBatcher(Generic[Item, Result]):
     async def _work(self) -> None:
         assert self._queue is not None
         queue = self._queue
+        try:
+            await self._batches(queue)
+        finally:
+            # Closed (or broken): nobody waits forever for an item that will not run.
+            while not queue.empty():
+                entry = queue.get_nowait()
+                if not entry.future.done():
+                    entry.future.set_exception(RuntimeError("the batcher stopped"))
+
+    async def _batches(self, queue: asyncio.Queue[_Pending[Item, Result]]) -> None:
         while True:
             batch = [await queue.get()]
             deadline = time.monotonic() + self.max_wait

@@ -150,6 +150,9 @@ class EncoderService(BaseService):
         if not self.ready:
             raise ServiceError(503, "the model is still loading", "model_loading")
         texts = input_texts(body.input)
+        if body.dimensions is not None and body.dimensions > self.dimension:
+            message = f"dimensions: this model's vectors have {self.dimension} dimensions; asked for {body.dimensions}"
+            raise ServiceError(400, message, "invalid_value", "dimensions")
         if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:
             counts = self.count_tokens(texts)  # microseconds: a thread hop would cost more
         else:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.models import Normalize
+from tokenizers import Tokenizer
 
 # Run as a script by the engine's own interpreter: make the repository's core/ importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -38,6 +39,7 @@ class SentenceTransformersService(EncoderService):
 
     def __init__(self, options: argparse.Namespace) -> None:
         self.model: Any = None
+        self.counter: Tokenizer | None = None
         super().__init__(options)
 
     @classmethod
@@ -55,6 +57,11 @@ class SentenceTransformersService(EncoderService):
         model = SentenceTransformer(path, device=device, local_files_only=True)
         model.eval()
         self.model = model
+        # Counting runs beside the batch thread: a tokenizer of its own, since
+        # transformers' tokenizer changes shared truncation/padding state per call.
+        self.counter = Tokenizer.from_str(model.tokenizer.backend_tokenizer.to_str())
+        self.counter.no_truncation()
+        self.counter.no_padding()
         self.device = device
         self.max_tokens = int(model.max_seq_length)
         self.dimension = int(model.get_embedding_dimension())
@@ -63,8 +70,8 @@ class SentenceTransformersService(EncoderService):
                   normalized=self.normalized, seconds=round(time.monotonic() - began, 3), model_path=path)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
-        encoded = self.model.tokenizer(texts, add_special_tokens=True, truncation=False)
-        return [len(ids) for ids in encoded["input_ids"]]
+        assert self.counter is not None
+        return [len(encoding.ids) for encoding in self.counter.encode_batch(texts)]
 
     def encode(self, texts: list[str]) -> np.ndarray:
         with torch.inference_mode():

@@ -8,7 +8,7 @@ What it writes to --out (all or nothing; a failed check leaves nothing):
   model.onnx           the encoder with its pooling and normalization inside the
                        graph, so the output is the sentence embedding itself;
                        dynamic batch and sequence axes
-  tokenizer.json ...   the tokenizer files, for the server (no torch needed there)
+  tokenizer.json ...   the tokenizer (save_pretrained), for the server (no torch there)
   modelyard-onnx.json  the manifest: dimension, context length, the checks run
                        and their figures, and the TensorRT outcome
   trt-cache/           the TensorRT FP16 engine, built by ONNX Runtime's TensorRT
@@ -22,6 +22,7 @@ the tolerance refuses it. FP16 TensorRT gets its own, looser tolerance.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import shutil
 import sys
@@ -35,7 +36,6 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 MANIFEST = "modelyard-onnx.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")
 # Texts of very different lengths in one batch: padding must not change a vector.
 CHECK_TEXTS = [
     "hello",
@@ -59,11 +59,10 @@ class SentenceEncoder(torch.nn.Module):
         self.pooling = pooling
         self.normalize = normalize
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> Any:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *token_type_ids: torch.Tensor) -> Any:
         # Keyword arguments: transformers 5's forward signatures reject these positionally (ENVIRONMENT.md).
-        hidden = self.transformer(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        ).last_hidden_state
+        extra = {"token_type_ids": token_type_ids[0]} if token_type_ids else {}
+        hidden = self.transformer(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         if self.pooling == "mean":
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -102,11 +101,25 @@ def read_sentence_transformers(model_dir: Path) -> tuple[str, bool, int]:
     return pooling, "Normalize" in types, int(max_tokens)
 
 
-def tokenize(tokenizer: Any, texts: list[str], max_tokens: int) -> dict[str, np.ndarray]:
+def model_inputs(tokenizer: Any, transformer: torch.nn.Module) -> list[str]:
+    """The graph's inputs: token_type_ids only for models that take them (BERT
+    does; MPNet, DistilBERT and ModernBERT do not)."""
+    accepted = inspect.signature(transformer.forward).parameters
+    wants_types = "token_type_ids" in accepted and "token_type_ids" in tokenizer.model_input_names
+    return ["input_ids", "attention_mask", *(["token_type_ids"] if wants_types else [])]
+
+
+def tokenize(tokenizer: Any, texts: list[str], max_tokens: int, inputs: list[str]) -> dict[str, np.ndarray]:
     encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="np")
-    if "token_type_ids" not in encoded:
+    if "token_type_ids" in inputs and "token_type_ids" not in encoded:
         encoded["token_type_ids"] = np.zeros_like(encoded["input_ids"])
-    return {name: encoded[name].astype(np.int64) for name in ("input_ids", "attention_mask", "token_type_ids")}
+    return {name: encoded[name].astype(np.int64) for name in inputs}
+
+
+def run_session(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """Feed only what the graph takes (an exporter may drop an unused input)."""
+    names = {i.name for i in session.get_inputs()}
+    return session.run(None, {name: value for name, value in feeds.items() if name in names})[0]
 
 
 def compare(label: str, got: np.ndarray, want: np.ndarray, tolerance: float) -> dict[str, Any]:
@@ -140,7 +153,7 @@ def build_tensorrt(onnx_path: Path, cache: Path, feeds: dict[str, np.ndarray], w
     if session.get_providers()[0] != "TensorrtExecutionProvider":
         raise ConversionError(f"TensorRT provider did not take the model (got {session.get_providers()})")
     began = time.monotonic()
-    got = session.run(None, feeds)[0]
+    got = run_session(session, feeds)
     figures = compare("TensorRT FP16 engine", got, want, tolerance)
     return {"built": True, "seconds": round(time.monotonic() - began, 2), "check": figures}
 
@@ -150,9 +163,13 @@ def convert(model_dir: Path, out: Path, opset: int, tolerance: float, tensorrt: 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     transformer = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
     encoder = SentenceEncoder(transformer, pooling, normalize).eval()
-    feeds = tokenize(tokenizer, CHECK_TEXTS, max_tokens)
+    inputs = model_inputs(tokenizer, transformer)
+    feeds = tokenize(tokenizer, CHECK_TEXTS, max_tokens, inputs)
     with torch.inference_mode():
-        want = encoder(**{k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()
+        want = encoder(*(torch.from_numpy(feeds[name]) for name in inputs)).numpy()
+    # Traced with other shapes (batch and length) than the check uses, so a
+    # graph that froze either axis fails the check.
+    sample = tokenize(tokenizer, CHECK_TEXTS[1:3], max_tokens, inputs)
 
     work = out.with_name(out.name + ".partial")
     shutil.rmtree(work, ignore_errors=True)
@@ -160,17 +177,19 @@ def convert(model_dir: Path, out: Path, opset: int, tolerance: float, tensorrt: 
     try:
         onnx_path = work / "model.onnx"
         began = time.monotonic()
-        sample = tuple(torch.from_numpy(feeds[k][:2]) for k in ("input_ids", "attention_mask", "token_type_ids"))
         axes = {0: "batch", 1: "sequence"}
         torch.onnx.export(
-            encoder, sample, str(onnx_path), opset_version=opset, dynamo=False,
-            input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=["sentence_embedding"],
-            dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes,
-                          "sentence_embedding": {0: "batch"}},
+            encoder, tuple(torch.from_numpy(sample[name]) for name in inputs), str(onnx_path), opset_version=opset,
+            dynamo=False, input_names=inputs, output_names=["sentence_embedding"],
+            dynamic_axes={**{name: axes for name in inputs}, "sentence_embedding": {0: "batch"}},
         )
         export_seconds = round(time.monotonic() - began, 2)
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        check = compare("ONNX Runtime (CPU)", session.run(None, feeds)[0], want, tolerance)
+        check = compare("ONNX Runtime (CPU)", run_session(session, feeds), want, tolerance)
+        check["single_text"] = compare(
+            "ONNX Runtime (CPU), one short text", run_session(session, {k: v[:1] for k, v in sample.items()}),
+            encoder(*(torch.from_numpy(sample[name][:1]) for name in inputs)).detach().numpy(), tolerance,
+        )["max_abs_diff"]
 
         trt: dict[str, Any] = {"built": False}
         reason = tensorrt_absent_reason() if tensorrt != "off" else "not asked for (--tensorrt off)"
@@ -182,9 +201,9 @@ def convert(model_dir: Path, out: Path, opset: int, tolerance: float, tensorrt: 
             trt["reason"] = reason
             print(f"modelyard: TensorRT engine not built: {reason}")
 
-        for name in TOKENIZER_FILES:
-            if (model_dir / name).is_file():
-                shutil.copy2(model_dir / name, work / name)
+        tokenizer.save_pretrained(work)
+        if not (work / "tokenizer.json").is_file():
+            raise ConversionError("the model has no fast tokenizer (tokenizer.json), which the server needs")
         manifest = {
             "task": "embedding",
             "source": str(model_dir.resolve()),
@@ -192,7 +211,8 @@ def convert(model_dir: Path, out: Path, opset: int, tolerance: float, tensorrt: 
             "max_tokens": max_tokens,
             "pooling": pooling,
             "normalized": normalize,
-            "inputs": ["input_ids", "attention_mask", "token_type_ids"],
+            "inputs": [i.name for i in session.get_inputs()],
+            "pad_token": tokenizer.pad_token,
             "opset": opset,
             "export_seconds": export_seconds,
             "check": check,
@@ -219,8 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         manifest = convert(args.model, args.out, args.opset, args.tolerance, args.tensorrt, args.trt_tolerance)
-    except (ConversionError, OSError, ValueError) as exc:
+    except ConversionError as exc:
         print(f"modelyard: conversion failed: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a model the exporter or runtime cannot take: say so in one line
+        print(f"modelyard: conversion failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     print(f"modelyard: wrote {args.out} ({manifest['dimension']} dimensions, opset {manifest['opset']})")
     return 0

@@ -45,7 +45,8 @@ def choose_providers(requested: str, available: list[str], tensorrt_built: bool)
                                f"(onnxruntime has {', '.join(available)})")
         if requested == "tensorrt" and not tensorrt_built:
             raise RuntimeError("--provider tensorrt: the converter built no checked TensorRT engine for this model")
-        return [wanted] if wanted == PROVIDERS["cpu"] else [wanted, PROVIDERS["cpu"]]
+        fallbacks = [PROVIDERS["cuda"], PROVIDERS["cpu"]] if requested == "tensorrt" else [PROVIDERS["cpu"]]
+        return [wanted, *(p for p in fallbacks if p in available and p != wanted)]
     chosen = [PROVIDERS["tensorrt"]] if tensorrt_built and PROVIDERS["tensorrt"] in available else []
     chosen += [p for p in (PROVIDERS["cuda"], PROVIDERS["cpu"]) if p in available]
     return chosen
@@ -97,7 +98,13 @@ class OnnxEncoderService(EncoderService):
         self.counter.no_padding()
         self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         self.tokenizer.enable_truncation(self.max_tokens)
-        self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id("[PAD]") or 0)
+        if self.tokenizer.padding is None:  # tokenizer.json usually says how to pad; else its pad token
+            pad_token = manifest.get("pad_token") or "[PAD]"
+            pad_id = self.tokenizer.token_to_id(pad_token)
+            self.tokenizer.enable_padding(pad_id=pad_id if pad_id is not None else 0, pad_token=pad_token)
+        else:
+            self.tokenizer.enable_padding(**{k: v for k, v in self.tokenizer.padding.items()
+                                             if k in ("pad_id", "pad_type_id", "pad_token", "direction")})
         self.device = self.session.get_providers()[0]
         log_event(log, "model loaded", provider=self.device, providers=self.session.get_providers(),
                   dimension=self.dimension, max_tokens=self.max_tokens, seconds=round(time.monotonic() - began, 3),

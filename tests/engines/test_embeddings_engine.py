@@ -88,7 +88,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_vectors(engine: E
     after = engine.health()["batching"]
     calls, items = after["batches"] - before["batches"], after["items"] - before["items"]
     assert items == 40
-    assert calls < 40 and after["largest_batch"] > 1, after  # requests shared model calls
+    assert calls < 40, after  # requests shared model calls
 
 
 def test_dimensions_cut_and_renormalise(client: httpx.Client) -> None:
