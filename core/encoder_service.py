@@ -72,12 +72,8 @@ def input_texts(value: str | list[str] | list[int] | list[list[int]]) -> list[st
 def fit_dimensions(vectors: np.ndarray, dimensions: int | None, normalized: bool) -> np.ndarray:
     """Keep the first `dimensions` components (Matryoshka-style, as OpenAI's
     `dimensions` does), normalized again when the model's vectors are."""
-    full = vectors.shape[1]
-    if dimensions is None or dimensions == full:
+    if dimensions is None or dimensions >= vectors.shape[1]:  # larger was refused before encoding
         return vectors
-    if dimensions > full:
-        raise ServiceError(400, f"dimensions: this model's vectors have {full} dimensions; asked for {dimensions}",
-                           "invalid_value", "dimensions")
     cut = vectors[:, :dimensions]
     if normalized:
         norms = np.linalg.norm(cut, axis=1, keepdims=True)
