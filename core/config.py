@@ -17,7 +17,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-ENGINES = ("transformers", "command")
 MODEL_TYPES = ("text", "embedding", "image", "audio", "vision", "service")
 
 # Placeholders every string field may use; ${NAME} of any other name must be an
@@ -60,10 +59,12 @@ class SleepConfig(_Strict):
     engine). The scheduler puts it to sleep instead of stopping it while host
     memory allows."""
 
-    sleep_path: str = Field(
-        "/sleep", description="POST here puts it to sleep (vLLM: /sleep?level=1, with VLLM_SERVER_DEV_MODE=1)."
+    sleep_path: str | None = Field(
+        None,
+        description="POST here puts it to sleep. Unset: /sleep?level=1 for engine vllm (its sleep mode, which "
+        "the launcher enables), else /sleep.",
     )
-    wake_path: str = Field("/wake", description="POST here wakes it (vLLM: /wake_up).")
+    wake_path: str | None = Field(None, description="POST here wakes it. Unset: /wake_up for engine vllm, else /wake.")
     host_memory_gb: float | None = Field(
         None, ge=0, description="Host memory it holds asleep; unset: as much as it reserves on its GPUs."
     )
@@ -71,8 +72,8 @@ class SleepConfig(_Strict):
 
     @field_validator("sleep_path", "wake_path")
     @classmethod
-    def _absolute(cls, path: str) -> str:
-        if not path.startswith("/"):
+    def _absolute(cls, path: str | None) -> str | None:
+        if path is not None and not path.startswith("/"):
             raise ValueError("must start with '/'")
         return path
 
@@ -83,7 +84,7 @@ class ModelConfig(_Strict):
     type: Literal["text", "embedding", "image", "audio", "vision", "service"] = Field(
         "text", description="What the model serves; decides which routes reach it."
     )
-    engine: Literal["transformers", "embeddings", "onnx", "command"] = Field(
+    engine: Literal["vllm", "transformers", "embeddings", "onnx", "command"] = Field(
         description="Which engine starts it: a models/<engine>/ launcher, or `command` "
         "for any OpenAI-compatible server given as `cmd`."
     )
@@ -176,6 +177,12 @@ class ModelConfig(_Strict):
                 raise ValueError(f"`cmd` cannot be split into arguments: {exc}") from None
         elif self.cmd:
             raise ValueError(f"`cmd` is only for engine 'command', not {self.engine!r}")
+        elif self.served_name:
+            raise ValueError(f"`served_name` is only for engine 'command': engine {self.engine!r} serves the model id")
+        if self.sleep is not None:
+            vllm = self.engine == "vllm"
+            self.sleep.sleep_path = self.sleep.sleep_path or ("/sleep?level=1" if vllm else "/sleep")
+            self.sleep.wake_path = self.sleep.wake_path or ("/wake_up" if vllm else "/wake")
         if self.engine != "command" and not self.model:
             raise ValueError(f"engine {self.engine!r} needs `model`, the path of a local model directory")
         return self

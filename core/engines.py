@@ -43,17 +43,24 @@ def install_hint(engine: str) -> str:
     return f"./scripts/install.sh --engine {engine}"
 
 
-def engine_args(args: dict[str, str | int | float | bool]) -> list[str]:
-    """models.yaml `args` as command-line flags: {max_len: 2048} -> --max-len 2048."""
+# Engines whose switches come in pairs (--enforce-eager / --no-enforce-eager):
+# false in models.yaml then says --no-..., overriding the engine's default.
+NEGATABLE_FLAGS = {"vllm"}
+
+
+def engine_args(args: dict[str, str | int | float | bool], negatable: bool = False) -> list[str]:
+    """models.yaml `args` as command-line flags: {max_len: 2048} -> --max-len 2048.
+    false omits the flag, or with negatable gives --no-<flag>."""
     argv: list[str] = []
     for key, value in args.items():
-        flag = "--" + key.replace("_", "-")
+        name = key.replace("_", "-")
         if value is True:
-            argv.append(flag)
+            argv.append("--" + name)
         elif value is False:
-            continue
+            if negatable:
+                argv.append("--no-" + name)
         else:
-            argv += [flag, str(value)]
+            argv += ["--" + name, str(value)]
     return argv
 
 
@@ -98,6 +105,8 @@ def launch_spec(
         # (the inventory's) follow the PCI bus.
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         env["MODELYARD_GPU_MEMORY_FRACTION"] = values["GPU_MEMORY_FRACTION"]
+        if model.sleep is not None and gpus.indices:
+            env["MODELYARD_SLEEP"] = "1"  # the scheduler will sleep it: the engine must be able to
     env.update(
         {
             "PORT": str(port),
@@ -143,7 +152,10 @@ def launch_spec(
         model_id,
         "--shutdown-grace",
         grace,
-        *engine_args({k: expand(str(v), values) if isinstance(v, str) else v for k, v in model.args.items()}),
+        *engine_args(
+            {k: expand(str(v), values) if isinstance(v, str) else v for k, v in model.args.items()},
+            negatable=model.engine in NEGATABLE_FLAGS,
+        ),
     ]
     return LaunchSpec(argv=argv, env=env, log_path=log_path, cwd=ROOT_DIR)
 

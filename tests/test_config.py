@@ -30,8 +30,13 @@ BROKEN = [
      ["model 'm'", "field 'memory_gb'", "valid number", "'lots'"]),
     ("models:\n  m:\n    engine: command\n    cmd: 'server --port 8000'\n",
      ["model 'm'", "must contain ${PORT}"]),
-    ("models:\n  m:\n    engine: vllmm\n", ["model 'm'", "field 'engine'", "'transformers', 'embeddings', 'onnx' or 'command'"]),
+    ("models:\n  m:\n    engine: vllmm\n",
+     ["model 'm'", "field 'engine'", "'vllm', 'transformers', 'embeddings', 'onnx' or 'command'"]),
     ("models:\n  m:\n    engine: transformers\n", ["model 'm'", "needs `model`"]),
+    ("models:\n  m:\n    engine: vllm\n    model: /m\n    served_name: other\n",
+     ["model 'm'", "`served_name` is only for engine 'command'"]),
+    ("models:\n  m:\n    engine: vllm\n    model: /m\n    sleep: {wake_path: wake_up}\n",
+     ["model 'm'", "wake_path", "must start with '/'"]),
     ("models:\n  m:\n    engine: command\n    cmd: 'x ${PORT}'\n    ttll: 5\n", ["model 'm'", "field 'ttll'", "Extra inputs"]),
     ("models:\n  m:\n    engine: command\n    cmd: 'x ${PORT} ${NOPE_NOT_SET}'\n", ["model 'm'", "${NOPE_NOT_SET}"]),
     ("models:\n  a:\n    engine: command\n    cmd: 'x ${PORT}'\n  b:\n    engine: command\n    cmd: 'x ${PORT}'\n    aliases: [a]\n",
@@ -53,6 +58,20 @@ def test_broken_config_names_file_model_field_and_reason(tmp_path: Path, text, f
     assert message.startswith(str(path) + ": ")
     for fragment in fragments:
         assert fragment in message
+
+
+def test_sleep_endpoints_default_to_the_engines_own(tmp_path: Path):
+    path = tmp_path / "models.yaml"
+    path.write_text(
+        "models:\n"
+        "  v: {engine: vllm, model: /m, sleep: {}}\n"
+        "  t: {engine: transformers, model: /m, sleep: {}}\n"
+        "  c: {engine: command, cmd: 'x ${PORT}', sleep: {sleep_path: /pause, wake_path: /resume}}\n"
+    )
+    models = load_config(path).models
+    assert (models["v"].sleep.sleep_path, models["v"].sleep.wake_path) == ("/sleep?level=1", "/wake_up")
+    assert (models["t"].sleep.sleep_path, models["t"].sleep.wake_path) == ("/sleep", "/wake")
+    assert (models["c"].sleep.sleep_path, models["c"].sleep.wake_path) == ("/pause", "/resume")
 
 
 def test_missing_config_file():

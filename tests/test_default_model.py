@@ -1,7 +1,8 @@
 """The README's promise: the embedded default config, started with
-scripts/start-all.sh, answers with a real model (SmolLM2-135M) through the
-orchestrator, streaming and not, and through the official openai client; and
-embeddings from the real all-MiniLM-L6-v2 on the same endpoint."""
+scripts/start-all.sh, answers with a real model (SmolLM2-135M on vLLM's CPU
+build here) through the orchestrator, streaming and not, and through the
+official openai client; and embeddings from the real all-MiniLM-L6-v2 on the
+same endpoint."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ MODELS = Path(os.environ.get("MODELYARD_SMOLLM2_DIR", ROOT / "state" / "models" 
 
 @pytest.fixture(scope="module")
 def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    for engine, model in (("transformers", "smollm2-135m"), ("embeddings", "all-minilm-l6-v2")):
+    for engine, model in (("vllm", "smollm2-135m"), ("embeddings", "all-minilm-l6-v2")):
         if not (ENVS / engine / "bin" / "python").exists() or not (MODELS / model).exists():
             pytest.fail(f"the {engine} engine or the default model {model} is missing: run ./scripts/install.sh")
     # A state directory of its own, sharing the installed environments and model.

@@ -9,7 +9,7 @@ Runtime, CPU provider) runs next, batching off and on: PyTorch vs ONNX Runtime
 in the same run. Target: batching
 at least 3x the requests/s at 32 on queries. On a CPU the gain shrinks as texts
 grow: the model's arithmetic, not per-call overhead, then sets the pace
-(docs/ENGINES.md has the figures).
+(models/embeddings/README.md has the figures).
 
 The engine is a real process started as the orchestrator would (one variant at
 a time, so they never share the CPU), driven over HTTP by aiohttp in closed
