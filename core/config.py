@@ -35,7 +35,7 @@ BUILTIN_PLACEHOLDERS = (
     "GPU_MEMORY_FRACTION",
 )
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
 
@@ -76,6 +76,47 @@ class SleepConfig(_Strict):
         if path is not None and not path.startswith("/"):
             raise ValueError("must start with '/'")
         return path
+
+
+# vLLM's --max-lora-rank choices.
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+class LoraConfig(_Strict):
+    """Multi-tenant LoRA (engine vllm): adapters of this base model, each
+    addressed by clients as a model name of its own, loaded into the running
+    base service on first use; more can be registered at runtime through
+    POST /admin/adapters."""
+
+    max_rank: int = Field(16, description=f"Largest adapter rank accepted, one of {', '.join(map(str, LORA_RANKS))}.")
+    max_loras: int = Field(4, ge=1, le=256, description="Adapters that can serve in one batch.")
+    max_cpu_loras: int | None = Field(
+        None, ge=1, description="Adapters kept loaded in host memory (least recently used ones are dropped "
+        "and reloaded on demand); unset: vLLM's default, max_loras."
+    )
+    adapters: dict[str, str] = Field(
+        default_factory=dict,
+        description="Adapter name -> local directory of a PEFT LoRA adapter (adapter_config.json and weights).",
+    )
+
+    @field_validator("max_rank")
+    @classmethod
+    def _rank(cls, rank: int) -> int:
+        if rank not in LORA_RANKS:
+            raise ValueError(f"must be one of {', '.join(map(str, LORA_RANKS))}")
+        return rank
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapter_names(cls, adapters: dict[str, str]) -> dict[str, str]:
+        for name in adapters:
+            if not MODEL_NAME.match(name):
+                raise ValueError(f"adapter name {name!r} must match {MODEL_NAME.pattern}")
+        return adapters
+
+    def settings(self) -> dict[str, Any]:
+        """What the base service must be started with (adapters come and go without a restart)."""
+        return self.model_dump(exclude={"adapters"})
 
 
 class ModelConfig(_Strict):
@@ -148,13 +189,16 @@ class ModelConfig(_Strict):
         256, ge=0, description="Requests allowed to wait for a concurrency slot; beyond it, 429."
     )
     pinned: bool = Field(False, description="Never evicted to make room for another model.")
+    lora: LoraConfig | None = Field(
+        None, description="Engine vllm: serve LoRA adapters of this model, each under a model name of its own."
+    )
 
     @field_validator("aliases")
     @classmethod
     def _alias_names(cls, aliases: list[str]) -> list[str]:
         for alias in aliases:
-            if not _MODEL_ID.match(alias):
-                raise ValueError(f"alias {alias!r} must match {_MODEL_ID.pattern}")
+            if not MODEL_NAME.match(alias):
+                raise ValueError(f"alias {alias!r} must match {MODEL_NAME.pattern}")
         return aliases
 
     @field_validator("health_path")
@@ -179,6 +223,8 @@ class ModelConfig(_Strict):
             raise ValueError(f"`cmd` is only for engine 'command', not {self.engine!r}")
         elif self.served_name:
             raise ValueError(f"`served_name` is only for engine 'command': engine {self.engine!r} serves the model id")
+        if self.lora is not None and self.engine != "vllm":
+            raise ValueError(f"`lora` needs engine 'vllm', not {self.engine!r}")
         if self.sleep is not None:
             vllm = self.engine == "vllm"
             self.sleep.sleep_path = self.sleep.sleep_path or ("/sleep?level=1" if vllm else "/sleep")
@@ -281,8 +327,8 @@ class Config(_Strict):
     def _unique_names(self) -> "Config":
         owner: dict[str, str] = {}
         for model_id in self.models:
-            if not _MODEL_ID.match(model_id):
-                raise ValueError(f"model id {model_id!r} must match {_MODEL_ID.pattern}")
+            if not MODEL_NAME.match(model_id):
+                raise ValueError(f"model id {model_id!r} must match {MODEL_NAME.pattern}")
             owner[model_id] = model_id
         for model_id, model in self.models.items():
             for alias in model.aliases:
@@ -291,6 +337,13 @@ class Config(_Strict):
                         f"model {model_id!r}: alias {alias!r} is already the name of model {owner[alias]!r}"
                     )
                 owner[alias] = model_id
+        for model_id, model in self.models.items():
+            for adapter in model.lora.adapters if model.lora else {}:
+                if adapter in owner:
+                    raise ValueError(
+                        f"model {model_id!r}: adapter {adapter!r} is already the name of model {owner[adapter]!r}"
+                    )
+                owner[adapter] = model_id
         member_of: dict[str, str] = {}
         for name, group in self.groups.items():
             for member in group.members:

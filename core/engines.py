@@ -43,6 +43,10 @@ def install_hint(engine: str) -> str:
     return f"./scripts/install.sh --engine {engine}"
 
 
+# Launchers that hand the engine's arguments on unread take them after `--`,
+# so that none of them can be mistaken for the launcher's own.
+LAUNCHER_SEPARATOR = {"vllm": ("--",)}
+
 # Engines whose switches come in pairs (--enforce-eager / --no-enforce-eager):
 # false in models.yaml then says --no-..., overriding the engine's default.
 NEGATABLE_FLAGS = {"vllm"}
@@ -62,6 +66,20 @@ def engine_args(args: dict[str, str | int | float | bool], negatable: bool = Fal
         else:
             argv += ["--" + name, str(value)]
     return argv
+
+
+def lora_args(model: ModelConfig) -> dict[str, str | int | float | bool]:
+    """vLLM's LoRA switches for a model with `lora` (its own `args` may override them)."""
+    if model.lora is None:
+        return {}
+    args: dict[str, str | int | float | bool] = {
+        "enable_lora": True,
+        "max_lora_rank": model.lora.max_rank,
+        "max_loras": model.lora.max_loras,
+    }
+    if model.lora.max_cpu_loras is not None:
+        args["max_cpu_loras"] = model.lora.max_cpu_loras
+    return args
 
 
 def placeholder_values(
@@ -97,6 +115,9 @@ def launch_spec(
     values = placeholder_values(model_id, model, port, config, gpus)
     env = dict(os.environ)
     env.update({key: expand(value, values) for key, value in model.env.items()})
+    # Set below from the placement, never inherited or configured.
+    for name in ("MODELYARD_SLEEP", "MODELYARD_GPU_MEMORY_FRACTION"):
+        env.pop(name, None)
     if gpus is not None:
         # Set after the model's own env: memory accounting depends on the
         # service using exactly the GPUs it was given (and none when on CPU).
@@ -152,8 +173,9 @@ def launch_spec(
         model_id,
         "--shutdown-grace",
         grace,
+        *LAUNCHER_SEPARATOR.get(model.engine, ()),
         *engine_args(
-            {k: expand(str(v), values) if isinstance(v, str) else v for k, v in model.args.items()},
+            {**lora_args(model), **{k: expand(v, values) if isinstance(v, str) else v for k, v in model.args.items()}},
             negatable=model.engine in NEGATABLE_FLAGS,
         ),
     ]

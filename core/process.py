@@ -178,8 +178,10 @@ class ServiceProcess:
         return await asyncio.shield(self._exited)
 
     def last_lines(self, count: int = 8) -> str:
+        """The last non-empty lines of its output, credentials redacted: they
+        go into error messages that clients see."""
         lines = [line for line in self.tail if line.strip()]
-        return "\n".join(lines[-count:])
+        return redact("\n".join(lines[-count:]))
 
     def _failure_detail(self) -> str:
         tail = self.last_lines()

@@ -9,11 +9,21 @@ from collections import deque
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
 
 from core.engines import service_log_path
 from core.errors import ServiceError
 from core.gpu import discover
-from orchestrator.scheduler import Scheduler, Service
+from orchestrator.adapters import Adapters
+from orchestrator.scheduler import Scheduler, Service, State
+
+
+class AdapterRegistration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="The model name clients will use for the adapter.")
+    base: str = Field(description="Id of the model it adapts (one with `lora` in models.yaml).")
+    path: str = Field(description="Absolute path of the PEFT LoRA adapter directory on this host.")
 
 
 def describe(service: Service) -> dict[str, Any]:
@@ -121,6 +131,50 @@ def build_admin_router() -> APIRouter:
         changed ones are drained (at most `drain` seconds) and stopped, and a
         changed one starts anew on its next request."""
         return await request.app.state.reload(drain)  # type: ignore[no-any-return]
+
+    @router.get("/adapters")
+    async def list_adapters(request: Request) -> dict[str, Any]:
+        """LoRA adapters (models.yaml's and registered ones), and whether each is
+        loaded in its base model's running service."""
+        adapters: Adapters = request.app.state.adapters
+        services = scheduler_of(request).services
+        return {
+            "adapters": [
+                {**a.describe(), "loaded": a.name in adapters.loaded_in(services[a.base])} for a in adapters.all()
+            ]
+        }
+
+    @router.post("/adapters", status_code=201)
+    async def register_adapter(request: Request, body: AdapterRegistration) -> dict[str, Any]:
+        """Register a LoRA adapter of a model that has `lora`: clients can use its
+        name at once. When the base model runs, the adapter is loaded into it
+        now, so that one vLLM cannot load is refused here (400)."""
+        adapters: Adapters = request.app.state.adapters
+        adapter = adapters.register(body.name, body.base, body.path)
+        service = scheduler_of(request).services[adapter.base]
+        if service.state is State.READY:
+            try:
+                await adapters.ensure_loaded(service, adapter)
+            except ServiceError as exc:
+                if exc.code == "adapter_load_failed":  # vLLM refused it: not registered after all
+                    adapters.unregister(adapter.name)
+                    raise ServiceError(400, exc.message, code="invalid_adapter", param="path") from None
+                # Unreachable (stopping, say): it loads on first use instead.
+        return {**adapter.describe(), "loaded": adapter.name in adapters.loaded_in(service)}
+
+    @router.delete("/adapters/{name:path}")
+    async def remove_adapter(request: Request, name: str) -> dict[str, Any]:
+        """Unregister an adapter registered at runtime, and unload it from its
+        base model's service (requests for it then get 404)."""
+        adapters: Adapters = request.app.state.adapters
+        adapter = adapters.unregister(name)
+        service = scheduler_of(request).services.get(adapter.base)
+        if service is not None and service.state is State.READY:
+            try:
+                await adapters.unload(service, adapter)
+            except ServiceError:
+                pass  # gone with its process, or dropped when it next restarts
+        return {**adapter.describe(), "removed": True}
 
     @router.get("/services/{model_id:path}/logs")
     async def service_logs(request: Request, model_id: str, lines: int = Query(100, ge=1, le=10000)) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from core.logs import log_event
 from core.engines import launch_spec
 from core.gpu import Inventory
 from core.http_errors import install_error_handlers
+from orchestrator.adapters import Adapters
 from orchestrator.admin import build_admin_router
 from orchestrator.endpoint import ROUTES, OpenAIEndpoint
 from orchestrator.footprints import Footprints
@@ -47,7 +48,8 @@ def create_app(
     inventory: Inventory | None = None,
     config_path: str | os.PathLike[str] | None = None,
 ) -> OpenAIEndpoint:
-    registry = Registry(config)
+    adapters = Adapters(config, config.state_path() / "adapters.db")
+    registry = Registry(config, adapters)
     footprints = Footprints(config.state_path() / "orchestrator.db")
     metrics_registry = CollectorRegistry()
     scheduler = Scheduler(
@@ -70,11 +72,13 @@ def create_app(
         app.state.ready = False
         await scheduler.shutdown()
         await proxy.close()
+        await adapters.close()
         footprints.close()
 
     app = FastAPI(title="modelyard", version="0.1.0", lifespan=lifespan)
     app.state.config = config
     app.state.scheduler = scheduler
+    app.state.adapters = adapters
     app.state.ready = False
     install_error_handlers(app, "orchestrator")
     app.include_router(build_admin_router())
@@ -93,6 +97,19 @@ def create_app(
                     "type": model.type,
                     "aliases": model.aliases,
                     "state": service.state.value,
+                }
+            )
+        for adapter in adapters.all():  # LoRA adapters: models of their own, on a base model's service
+            base = scheduler.services[adapter.base]
+            data.append(
+                {
+                    "id": adapter.name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "modelyard",
+                    "type": base.config.type,
+                    "parent": adapter.base,
+                    "state": base.state.value,
                 }
             )
         return {"object": "list", "data": data}

@@ -29,7 +29,7 @@ from core.http_errors import describe_validation
 from core.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, parse_keep_alive
 from orchestrator.progress import AfterHeaders, acquire_with_progress
 from orchestrator.proxy import Proxy, send_json
-from orchestrator.registry import Registry
+from orchestrator.registry import Registry, Target
 from orchestrator.scheduler import Lease, Scheduler, State
 
 ROUTES: dict[str, type[BaseModel]] = {
@@ -150,20 +150,21 @@ class OpenAIEndpoint:
         try:
             try:
                 payload = parse_request(body, ROUTES[route])
-                model_id, model = self.registry.resolve(payload["model"], route)
-                upstream_name = model.served_name or model_id
+                target = self.registry.resolve(payload["model"], route)
                 keep_alive = payload.pop("keep_alive", None)
-                if payload["model"] != upstream_name or keep_alive is not None:
-                    payload["model"] = upstream_name
+                if payload["model"] != target.upstream or keep_alive is not None:
+                    payload["model"] = target.upstream
                     body = orjson.dumps(payload)
                 seconds = None if keep_alive is None else parse_keep_alive(keep_alive)
-                if payload.get("stream") is True and self._progress_for(model_id):
+                if payload.get("stream") is True and self._progress_for(target.model_id):
                     answered = True  # our 200 goes out now; what follows arrives as events
-                    lease = await acquire_with_progress(self.scheduler, model_id, seconds, send, request_id)
+                    lease = await acquire_with_progress(
+                        lambda: self._acquire(target, seconds), target.model_id, send, request_id
+                    )
                     if lease is not None:
                         await self.proxy.forward(lease, route, body, request_id, began, AfterHeaders(send))
                     return
-                lease = await self.scheduler.acquire(model_id, seconds)
+                lease = await self._acquire(target, seconds)
             except ServiceError as exc:
                 answered = True
                 await self._error(send, exc, request_id)
@@ -189,6 +190,17 @@ class OpenAIEndpoint:
         finally:
             state["done"] = True
             watcher.cancel()
+
+    async def _acquire(self, target: Target, keep_alive: float | None) -> Lease:
+        """A lease on the target's service, with the target's adapter loaded in it."""
+        lease = await self.scheduler.acquire(target.model_id, keep_alive)
+        if target.adapter is not None and self.registry.adapters is not None:
+            try:
+                await self.registry.adapters.ensure_loaded(lease.service, target.adapter)
+            except BaseException:
+                lease.release()
+                raise
+        return lease
 
     def _progress_for(self, model_id: str) -> bool:
         """Whether a streamed request for model_id gets load progress events:

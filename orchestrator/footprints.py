@@ -33,6 +33,8 @@ def fingerprint(model: ModelConfig, gpus: int) -> str:
     """What decides a model's footprint: not its name, TTL or aliases."""
     relevant = model.model_dump(mode="json", include={"engine", "model", "cmd", "args", "env"})
     relevant["gpus"] = gpus
+    if model.lora is not None:  # LoRA slots take memory; the adapters themselves come and go
+        relevant["lora"] = model.lora.settings()
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

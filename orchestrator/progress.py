@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -28,14 +29,15 @@ def error_event(body: dict[str, Any]) -> bytes:
 
 
 async def acquire_with_progress(
-    scheduler: Any, model_id: str, keep_alive: float | None, send: Any, request_id: bytes
+    acquire: Callable[[], Awaitable[Lease]], model_id: str, send: Any, request_id: bytes
 ) -> Lease | None:
-    """Start the stream, then wait for the lease, sending progress comments;
-    None when the wait failed (the error event and the end were sent)."""
+    """Start the stream, then wait for acquire()'s lease on model_id, sending
+    progress comments; None when the wait failed (the error event and the end
+    were sent)."""
     await send({"type": "http.response.start", "status": 200,
                 "headers": [*SSE_HEADERS, (b"x-request-id", request_id)]})
     began = time.monotonic()
-    waiting = asyncio.ensure_future(scheduler.acquire(model_id, keep_alive))
+    waiting = asyncio.ensure_future(acquire())
     try:
         while True:
             done, _ = await asyncio.wait([waiting], timeout=PROGRESS_INTERVAL)

@@ -1,12 +1,17 @@
-"""Turns the `model` a client sends into a configured model id.
+"""Turns the `model` a client sends into a configured model id, and the name
+the service behind it expects.
 
-Aliases resolve here; the router (issue #6) will add versions and replicas.
+Aliases resolve here, and LoRA adapters (orchestrator/adapters.py) to their
+base model; the router (issue #6) will add versions and replicas.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from core.config import Config, ModelConfig
 from core.errors import ServiceError
+from orchestrator.adapters import Adapter, Adapters
 
 # Which model types each OpenAI route may reach.
 ROUTE_TYPES: dict[str, tuple[str, ...]] = {
@@ -16,8 +21,17 @@ ROUTE_TYPES: dict[str, tuple[str, ...]] = {
 }
 
 
+@dataclass(frozen=True)
+class Target:
+    model_id: str  # the configured model whose service answers
+    model: ModelConfig
+    upstream: str  # the `model` that service gets
+    adapter: Adapter | None = None  # a LoRA adapter to load into it first
+
+
 class Registry:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, adapters: Adapters | None = None) -> None:
+        self.adapters = adapters
         self.update(config)
 
     def update(self, config: Config) -> None:
@@ -28,9 +42,14 @@ class Registry:
             for alias in model.aliases:
                 names[alias] = model_id
         self.models, self.names = config.models, names
+        if self.adapters is not None:
+            self.adapters.update(config)
 
-    def resolve(self, name: str, route: str) -> tuple[str, ModelConfig]:
+    def resolve(self, name: str, route: str) -> Target:
         model_id = self.names.get(name)
+        adapter = self.adapters.get(name) if model_id is None and self.adapters is not None else None
+        if adapter is not None:
+            model_id = adapter.base
         if model_id is None:
             raise ServiceError(
                 404,
@@ -47,4 +66,6 @@ class Registry:
                 code="wrong_model_type",
                 param="model",
             )
-        return model_id, model
+        if adapter is not None:
+            return Target(model_id, model, adapter.name, adapter)
+        return Target(model_id, model, model.served_name or model_id)

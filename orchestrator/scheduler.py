@@ -884,7 +884,13 @@ def _reason(exc: BaseException) -> str:
 
 
 def _needs_restart(old: ModelConfig, new: ModelConfig) -> bool:
+    if _lora_settings(old) != _lora_settings(new):
+        return True  # its adapters alone load and unload live
     return any(getattr(old, name) != getattr(new, name) for name in RESTART_FIELDS)
+
+
+def _lora_settings(model: ModelConfig) -> dict[str, Any] | None:
+    return model.lora.settings() if model.lora else None
 
 
 def _backoff(failures: int) -> float:

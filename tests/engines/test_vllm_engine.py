@@ -124,13 +124,17 @@ def test_completions_honour_max_tokens(orch):
 
 
 def test_vllms_own_errors_reach_the_client_with_their_status(orch):
+    # Both pass the orchestrator's checks; vLLM refuses them.
     with orch.client(timeout=360) as client:
-        too_long = chat(client, max_tokens=5000)
-        bad_messages = client.post("/v1/chat/completions", json={"model": "smollm2", "messages": "not a list"})
-    assert too_long.status_code == 400
-    assert "max_model_len" in too_long.json()["error"]["message"]
-    assert bad_messages.status_code == 400
-    assert bad_messages.json()["error"]["message"]
+        too_many_tokens = chat(client, max_tokens=5000)
+        long_prompt = client.post(
+            "/v1/chat/completions",
+            json={"model": "smollm2", "messages": [{"role": "user", "content": "word " * 3000}]},
+        )
+    assert too_many_tokens.status_code == 400
+    assert "max_model_len" in too_many_tokens.json()["error"]["message"]
+    assert long_prompt.status_code == 400, long_prompt.text
+    assert "2048" in long_prompt.json()["error"]["message"]  # the context it does not fit
 
 
 def test_a_vllm_that_cannot_start_is_a_503_with_its_reason(orch):

@@ -1,0 +1,1 @@
+"""modelyard's vLLM plugin: see pyproject.toml and cpu_lora_fix.py."""
