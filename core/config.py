@@ -37,6 +37,8 @@ BUILTIN_PLACEHOLDERS = (
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 
+HF_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+
 ROOT_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -96,7 +98,8 @@ class LoraConfig(_Strict):
     )
     adapters: dict[str, str] = Field(
         default_factory=dict,
-        description="Adapter name -> local directory of a PEFT LoRA adapter (adapter_config.json and weights).",
+        description="Adapter name -> local directory of a PEFT LoRA adapter (adapter_config.json and weights); "
+        "${STATE_DIR} and ${ROOT} may be used.",
     )
 
     @field_validator("max_rank")
@@ -113,6 +116,12 @@ class LoraConfig(_Strict):
             if not MODEL_NAME.match(name):
                 raise ValueError(f"adapter name {name!r} must match {MODEL_NAME.pattern}")
         return adapters
+
+    @model_validator(mode="after")
+    def _cpu_cache_holds_a_batch(self) -> "LoraConfig":
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ValueError(f"max_cpu_loras ({self.max_cpu_loras}) must be at least max_loras ({self.max_loras})")
+        return self
 
     def settings(self) -> dict[str, Any]:
         """What the base service must be started with (adapters come and go without a restart)."""
@@ -131,6 +140,11 @@ class ModelConfig(_Strict):
     )
     model: str | None = Field(
         None, description="Local path (or URI) of the weights, passed to the engine as MODEL_PATH."
+    )
+    source: str | None = Field(
+        None,
+        description="The Hugging Face repo the weights come from (org/name, or org/name@revision); "
+        "scripts/download-models.sh fetches it into `model`.",
     )
     cmd: str | None = Field(
         None,
@@ -200,6 +214,13 @@ class ModelConfig(_Strict):
             if not MODEL_NAME.match(alias):
                 raise ValueError(f"alias {alias!r} must match {MODEL_NAME.pattern}")
         return aliases
+
+    @field_validator("source")
+    @classmethod
+    def _repo_name(cls, source: str | None) -> str | None:
+        if source is not None and not HF_REPO.match(source):
+            raise ValueError("must be a Hugging Face repo id, org/name or org/name@revision")
+        return source
 
     @field_validator("health_path")
     @classmethod

@@ -16,8 +16,10 @@ import time
 _SECRET_PATTERNS = [
     re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)(bearer\s+)?[^\s\"',}]+"),
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
-    # key: value, key=value, and Python reprs such as vLLM's "'api_key': ['VALUE']"
-    re.compile(r"(?i)((?:api[_-]?key|token|secret|password)[\"']?\s*[:=]\s*\[?[\"']?)[^\s\"',}\]]+"),
+    # a list of them in a Python repr, as vLLM logs its arguments: "'api_key': ['K1', 'K2']"
+    re.compile(r"(?i)((?:api[_-]?key|token|secret|password)[\"']?\s*[:=]\s*)\[[^\]]*\]"),
+    # key: value, key=value
+    re.compile(r"(?i)((?:api[_-]?key|token|secret|password)[\"']?\s*[:=]\s*[\"']?)(?!\[REDACTED\])[^\s\"',}]+"),
     re.compile(r"\b(sk-)[A-Za-z0-9_-]{8,}"),
     # command-line flags: --api-key VALUE, --hf-token VALUE, --password=VALUE
     re.compile(

@@ -92,15 +92,40 @@ class Adapters:
         }
 
     def get(self, name: str) -> Adapter | None:
-        """The usable adapter called name: its base exists and serves LoRA."""
-        adapter = self._declared.get(name) or self._registered.get(name)
+        """The usable adapter called name: its base exists and serves LoRA, and
+        (registered ones) no model, alias or declared adapter took its name since."""
+        adapter = self._declared.get(name)
+        if adapter is None:
+            registered = self._registered.get(name)
+            adapter = registered if registered is not None and self._shadow(registered) is None else None
         if adapter is None:
             return None
         base = self._config.models.get(adapter.base)
         return adapter if base is not None and base.lora is not None else None
 
     def all(self) -> list[Adapter]:
-        return [a for a in (*self._declared.values(), *self._registered.values()) if self.get(a.name) == a]
+        return [a for a in (*self._declared.values(), *self._registered.values()) if self.get(a.name) is a]
+
+    def unusable(self) -> list[tuple[Adapter, str]]:
+        """Registered adapters that cannot serve now, and why (a reload changed their base or took their name)."""
+        found = []
+        for adapter in self._registered.values():
+            reason = self._shadow(adapter)
+            base = self._config.models.get(adapter.base)
+            if reason is None and (base is None or base.lora is None):
+                reason = f"its base model '{adapter.base}' is gone or no longer has `lora`"
+            if reason:
+                found.append((adapter, reason))
+        return found
+
+    def _shadow(self, adapter: Adapter) -> str | None:
+        """What took a registered adapter's name in models.yaml, if anything."""
+        for model_id, model in self._config.models.items():
+            if adapter.name == model_id or adapter.name in model.aliases:
+                return f"models.yaml now gives its name to model '{model_id}'"
+        if adapter.name in self._declared:
+            return "models.yaml now declares an adapter of that name"
+        return None
 
     # --- runtime registration (the admin API) -------------------------------
 
@@ -139,12 +164,12 @@ class Adapters:
         return adapter
 
     def unregister(self, name: str) -> Adapter:
-        if name in self._declared:
-            raise ServiceError(
-                409, f"adapter '{name}' is declared in models.yaml; remove it there and reload", code="declared"
-            )
         adapter = self._registered.pop(name, None)
         if adapter is None:
+            if name in self._declared:
+                raise ServiceError(
+                    409, f"adapter '{name}' is declared in models.yaml; remove it there and reload", code="declared"
+                )
             raise ServiceError(404, f"no registered adapter '{name}'", code="adapter_not_found")
         self._db["adapters"].delete(name)
         return adapter
@@ -152,33 +177,42 @@ class Adapters:
     # --- loading into a running base service ---------------------------------
 
     async def ensure_loaded(self, service: Service, adapter: Adapter) -> None:
-        """Load adapter into service's process unless it already is (503 naming
-        vLLM's reason when it cannot be loaded)."""
+        """Load adapter into service's process unless it already is. 503 naming
+        the reason when it cannot be (code adapter_rejected: vLLM refused it)."""
         if self._loaded(service).get(adapter.name) == adapter.path:
             return
         async with service.lora_lock:  # one load at a time per service; the others find it loaded
+            # What the name means now: a reload or a DELETE may have come while this request waited.
+            current = self.get(adapter.name)
+            if current is None or current.base != service.id:
+                raise ServiceError(404, f"the model '{adapter.name}' does not exist any more", code="model_not_found")
             loaded = self._loaded(service)
-            if loaded.get(adapter.name) == adapter.path:
+            if loaded.get(current.name) == current.path:
                 return
-            if adapter.name in loaded:  # models.yaml moved it: vLLM knows the name with the old weights
-                await self._call(service, "/v1/unload_lora_adapter", {"lora_name": adapter.name})
-                loaded.pop(adapter.name)
-            status, message = await self._call(
-                service, "/v1/load_lora_adapter", {"lora_name": adapter.name, "lora_path": adapter.path}
-            )
-            if status != 200 and "already been loaded" not in message:
+            if current.source == "config":  # registered ones were checked when registered
+                base = self._config.models[current.base]
+                try:
+                    check_adapter_dir(Path(current.path), base.lora.max_rank if base.lora else 0)
+                except ServiceError as exc:
+                    message = f"adapter '{current.name}': {exc.message}"
+                    raise ServiceError(503, message, code="adapter_rejected") from None
+            body: dict[str, Any] = {"lora_name": current.name, "lora_path": current.path}
+            if current.name in loaded:  # models.yaml moved it: replace the weights vLLM has under that name
+                body["load_inplace"] = True
+            status, message = await self._call(service, "/v1/load_lora_adapter", body)
+            if status != 200:
+                code = "adapter_rejected" if 400 <= status < 500 else "adapter_load_failed"
                 raise ServiceError(
-                    503,
-                    f"adapter '{adapter.name}' could not be loaded into '{service.id}': {message}",
-                    code="adapter_load_failed",
+                    503, f"adapter '{current.name}' could not be loaded into '{service.id}': {message}", code=code
                 )
-            loaded[adapter.name] = adapter.path
+            loaded[current.name] = current.path
 
     async def unload(self, service: Service, adapter: Adapter) -> None:
         """Drop adapter from service's process if it is loaded there."""
         async with service.lora_lock:
-            if self._loaded(service).pop(adapter.name, None) is not None:
+            if adapter.name in self._loaded(service):
                 await self._call(service, "/v1/unload_lora_adapter", {"lora_name": adapter.name})
+                self._loaded(service).pop(adapter.name, None)
 
     def loaded_in(self, service: Service) -> list[str]:
         return sorted(self._loaded(service))

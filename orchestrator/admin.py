@@ -138,11 +138,14 @@ def build_admin_router() -> APIRouter:
         loaded in its base model's running service."""
         adapters: Adapters = request.app.state.adapters
         services = scheduler_of(request).services
-        return {
-            "adapters": [
-                {**a.describe(), "loaded": a.name in adapters.loaded_in(services[a.base])} for a in adapters.all()
-            ]
-        }
+        usable = [
+            {**a.describe(), "usable": True, "loaded": a.name in adapters.loaded_in(services[a.base])}
+            for a in adapters.all()
+        ]
+        unusable = [
+            {**a.describe(), "usable": False, "reason": reason, "loaded": False} for a, reason in adapters.unusable()
+        ]
+        return {"adapters": usable + unusable}
 
     @router.post("/adapters", status_code=201)
     async def register_adapter(request: Request, body: AdapterRegistration) -> dict[str, Any]:
@@ -152,15 +155,17 @@ def build_admin_router() -> APIRouter:
         adapters: Adapters = request.app.state.adapters
         adapter = adapters.register(body.name, body.base, body.path)
         service = scheduler_of(request).services[adapter.base]
+        problem = None
         if service.state is State.READY:
             try:
                 await adapters.ensure_loaded(service, adapter)
             except ServiceError as exc:
-                if exc.code == "adapter_load_failed":  # vLLM refused it: not registered after all
+                if exc.code == "adapter_rejected":  # vLLM refused it: not registered after all
                     adapters.unregister(adapter.name)
                     raise ServiceError(400, exc.message, code="invalid_adapter", param="path") from None
-                # Unreachable (stopping, say): it loads on first use instead.
-        return {**adapter.describe(), "loaded": adapter.name in adapters.loaded_in(service)}
+                problem = exc.message  # vLLM failing or stopping: it loads on first use instead
+        answer = {**adapter.describe(), "loaded": adapter.name in adapters.loaded_in(service)}
+        return {**answer, "load_error": problem} if problem else answer
 
     @router.delete("/adapters/{name:path}")
     async def remove_adapter(request: Request, name: str) -> dict[str, Any]:

@@ -20,6 +20,9 @@ from core.logs import JsonFormatter, redact
         ('{"api_key": "abc123def456"}', "abc123def456"),
         ("key sk-proj-0123456789abcdef in a sentence", "0123456789abcdef"),
         ("token=xyz789xyz789", "xyz789xyz789"),
+        # vLLM logs its arguments as a Python dict, api_key as a list of keys
+        ("non-default args: {'api_key': ['first-key-1', 'second-key-2'], 'port': 8000}", "second-key-2"),
+        ("non-default args: {'hf_token': 'hf_0123456789'}", "hf_0123456789"),
     ],
 )
 def test_secrets_are_redacted(text, secret):
@@ -39,3 +42,13 @@ def test_json_log_lines_redact_message_and_fields():
     line = json.loads(JsonFormatter("test").format(record))
     assert "topsecret1" not in line["msg"] and "abcdefghijkl" not in line["header"]
     assert line["count"] == 3 and line["service"] == "test"
+
+
+def test_a_services_last_log_lines_carry_no_secrets(tmp_path):
+    # They go into the 503 a client gets when the service fails to start.
+    from core.process import LaunchSpec, ServiceProcess
+
+    process = ServiceProcess("m", LaunchSpec(argv=["true"], env={}, log_path=tmp_path / "m.log"))
+    process.tail.extend(["starting", "non-default args: {'api_key': ['k-one-secret', 'k-two-secret']}", "failed"])
+    tail = process.last_lines()
+    assert "k-one-secret" not in tail and "k-two-secret" not in tail and "failed" in tail

@@ -7,9 +7,12 @@ tests/engines/test_vllm_lora.py."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from orchestrator.scheduler import State
 from tests.support.inprocess import Harness, serve_in_process
@@ -92,7 +95,7 @@ async def test_adapters_registered_at_runtime_serve_at_once_and_outlive_a_restar
         assert harness.scheduler.services["base"].process.pid == pid  # no restart
         status, listing = await harness.admin("GET", "/adapters")
         assert listing["adapters"] == [
-            {"name": "chef", "base": "base", "path": str(chef), "source": "admin", "loaded": True}
+            {"name": "chef", "base": "base", "path": str(chef), "source": "admin", "usable": True, "loaded": True}
         ]
 
     # A new orchestrator on the same state directory still knows it.
@@ -145,6 +148,57 @@ async def test_a_declared_adapter_vllm_refuses_is_a_503_naming_vllms_reason(tmp_
     async with serve_in_process(config, tmp_path / "state") as harness:
         status, body = await harness.chat("broken")
         assert status == 503
-        assert body["error"]["code"] == "adapter_load_failed" and "No adapter found" in body["error"]["message"]
+        assert body["error"]["code"] == "adapter_rejected" and "No adapter found" in body["error"]["message"]
         assert harness.scheduler.services["base"].in_flight == 0  # the lease went back
         assert await answer(harness, "base") == (200, "answered as base")
+
+
+async def reload(harness: Harness, models: dict[str, Any]) -> dict[str, Any]:
+    config = yaml.safe_load(harness.config_path.read_text())
+    harness.config_path.write_text(yaml.safe_dump({**config, "models": models}))
+    async with harness.session.post(harness.url + "/admin/reload?drain=5") as response:
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+async def test_concurrent_first_requests_load_an_adapter_once(tmp_path, fake_cuda_vllm):
+    config = {"settings": ONE_GPU, "models": {"base": base_model(fake_cuda_vllm, {"a": adapter_dir(tmp_path, "a")})}}
+    async with serve_in_process(config, tmp_path / "state") as harness:
+        answers = await asyncio.gather(*(answer(harness, "a") for _ in range(8)))
+        assert answers == [(200, "answered as a")] * 8
+        assert (await fake_state(harness, "base"))["lora_loads"] == ["a"]
+
+
+async def test_reloads_change_adapters_live_and_lora_settings_by_restart(tmp_path, fake_cuda_vllm):
+    one, two, moved = adapter_dir(tmp_path, "one"), adapter_dir(tmp_path, "two"), adapter_dir(tmp_path, "moved")
+    models = {"base": base_model(fake_cuda_vllm, {"one": one})}
+    async with serve_in_process({"settings": ONE_GPU, "models": models}, tmp_path / "state") as harness:
+        assert (await answer(harness, "one"))[0] == 200
+        pid = harness.scheduler.services["base"].process.pid
+
+        # Adapters added and moved in models.yaml: no restart; the moved one is replaced in place.
+        report = await reload(harness, {"base": base_model(fake_cuda_vllm, {"one": moved, "two": two})})
+        assert report["changed"] == [] and report["updated"] == ["base"]
+        assert await answer(harness, "two") == (200, "answered as two")
+        assert await answer(harness, "one") == (200, "answered as one")
+        state = await fake_state(harness, "base")
+        assert state["lora_loads"] == ["one", "two", "one in place"] and state["adapters"]["one"] == str(moved)
+        assert harness.scheduler.services["base"].process.pid == pid
+
+        # A registered adapter whose name a reload gives to a model: the model wins, the listing says why.
+        chef = adapter_dir(tmp_path, "chef")
+        status, _ = await post(harness, "/admin/adapters", {"name": "chef", "base": "base", "path": str(chef)})
+        assert status == 201
+        lora = {"max_rank": 8, "max_loras": 3, "adapters": {"one": str(moved)}}  # also: a LoRA setting changes
+        chef_model = {"engine": "vllm", "model": str(fake_cuda_vllm), "memory_gb": 4, "aliases": ["chef"], "gpus": 0}
+        report = await reload(harness, {"base": {**base_model(fake_cuda_vllm), "lora": lora}, "other": chef_model})
+        assert report["changed"] == ["base"]  # max_loras: vLLM must start again
+        status, body = await harness.chat("two")
+        assert status == 404  # no longer declared
+        status, listing = await harness.admin("GET", "/adapters")
+        chef_row = next(row for row in listing["adapters"] if row["name"] == "chef")
+        assert chef_row["usable"] is False and "model 'other'" in chef_row["reason"]
+        assert await answer(harness, "one") == (200, "answered as one")
+        assert harness.scheduler.services["base"].process.pid != pid
+        assert (await delete(harness, "/admin/adapters/chef"))[0] == 200
+        assert not harness.checker.violations, harness.checker.violations

@@ -109,3 +109,10 @@ def test_models_yaml_false_turns_a_vllm_switch_off():
     negated = ["--no-enforce-eager", "--enable-prefix-caching", "--max-model-len", "2048"]
     assert engine_args(args, negatable=True) == negated
     assert engine_args(args) == ["--enable-prefix-caching", "--max-model-len", "2048"]
+
+
+def test_lora_on_the_cpu_build_refuses_to_start_without_the_base_model_fix():
+    # The orchestrator's environment has no vLLM plugins: as if install.sh had not installed ours.
+    with pytest.raises(launcher.LaunchError, match="needs modelyard's vLLM plugin"):
+        launch("cpu", {}, "--enable-lora")
+    assert launch("cuda", {}, "--enable-lora").env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"

