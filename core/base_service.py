@@ -113,6 +113,11 @@ class BaseService:
     def add_routes(self, app: FastAPI) -> None:
         """Register the service's OpenAI routes on app."""
 
+    def _require_ready(self) -> None:
+        """For routes: a 503 until the model is loaded."""
+        if not self.ready:
+            raise ServiceError(503, "model is still loading", "model_loading", retry_after=1)
+
     def health_details(self) -> dict[str, Any]:
         """Extra fields for the /health body."""
         return {}

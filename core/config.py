@@ -134,7 +134,7 @@ class ModelConfig(_Strict):
     type: Literal["text", "embedding", "image", "audio", "vision", "service"] = Field(
         "text", description="What the model serves; decides which routes reach it."
     )
-    engine: Literal["vllm", "transformers", "embeddings", "onnx", "command"] = Field(
+    engine: Literal["vllm", "transformers", "embeddings", "onnx", "diffusers", "command"] = Field(
         description="Which engine starts it: a models/<engine>/ launcher, or `command` "
         "for any OpenAI-compatible server given as `cmd`."
     )
@@ -316,6 +316,14 @@ class Settings(_Strict):
     )
     shutdown_grace: float = Field(
         10.0, ge=0, description="Seconds a service gets between SIGTERM and SIGKILL."
+    )
+    file_ttl: float = Field(
+        3600.0, gt=0, description="Seconds the signed URLs of generated files (images) stay valid; "
+        "the files are deleted after it."
+    )
+    public_url: str | None = Field(
+        None, description="The base URL clients reach the orchestrator at, for generated files' URLs "
+        "(behind a reverse proxy, say https://models.example.com); null: the request's Host header."
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

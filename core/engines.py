@@ -132,6 +132,8 @@ def launch_spec(
         {
             "PORT": str(port),
             "MODEL_ID": model_id,
+            # Where generated files go; the orchestrator serves them under signed URLs.
+            "MODELYARD_FILES_DIR": str(config.state_path() / "files"),
             INSTANCE_ENV: instance,
             PARENT_ENV: str(os.getpid()),
             "PYTHONUNBUFFERED": "1",

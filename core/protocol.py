@@ -10,7 +10,7 @@ import math
 import re
 import time
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -95,6 +95,35 @@ class CompletionRequest(_OpenAIRequest):
 class EmbeddingRequest(_OpenAIRequest):
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: str | None = None
+
+
+SIZE = r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$"
+
+
+class ImageGenerationRequest(_OpenAIRequest):
+    """OpenAI's images/generations, plus the diffusion knobs: steps, guidance, seed."""
+
+    prompt: str = Field(min_length=1, max_length=4000)
+    n: int = Field(1, ge=1, le=10)
+    size: str | None = Field(None, pattern=SIZE, description="WIDTHxHEIGHT in pixels; unset: the model's own")
+    response_format: Literal["url", "b64_json"] = "url"
+    negative_prompt: str | None = None
+    steps: int | None = Field(None, ge=1, le=500)
+    guidance: float | None = Field(None, ge=0, le=50)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+
+    @field_validator("stream")
+    @classmethod
+    def _not_streamed(cls, stream: bool) -> bool:
+        if stream:
+            raise ValueError("images are not streamed; leave stream out or false")
+        return stream
+
+    def dimensions(self) -> tuple[int, int] | None:
+        if self.size is None:
+            return None
+        width, height = self.size.split("x")
+        return int(width), int(height)
 
 
 def completion_id(prefix: str = "chatcmpl") -> str:

@@ -29,6 +29,7 @@ from core.http_errors import install_error_handlers
 from orchestrator.adapters import Adapters
 from orchestrator.admin import build_admin_router
 from orchestrator.endpoint import ROUTES, OpenAIEndpoint
+from orchestrator.files import SignedFiles, build_files_router, load_or_create_key
 from orchestrator.footprints import Footprints
 from orchestrator.metrics import SchedulerCollector, SchedulerMetrics
 from orchestrator.proxy import Proxy
@@ -49,6 +50,9 @@ def create_app(
     config_path: str | os.PathLike[str] | None = None,
 ) -> OpenAIEndpoint:
     adapters = Adapters(config, config.state_path() / "adapters.db")
+    files = SignedFiles(
+        config.state_path() / "files", load_or_create_key(config.state_path() / "files.key"), config.settings.file_ttl
+    )
     registry = Registry(config, adapters)
     footprints = Footprints(config.state_path() / "orchestrator.db")
     metrics_registry = CollectorRegistry()
@@ -67,9 +71,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await scheduler.start()
         await proxy.start()
+        cleaner = asyncio.create_task(files.clean_forever())
         app.state.ready = True
         yield
         app.state.ready = False
+        cleaner.cancel()
         await scheduler.shutdown()
         await proxy.close()
         await adapters.close()
@@ -79,9 +85,11 @@ def create_app(
     app.state.config = config
     app.state.scheduler = scheduler
     app.state.adapters = adapters
+    app.state.files = files
     app.state.ready = False
     install_error_handlers(app, "orchestrator")
     app.include_router(build_admin_router())
+    app.include_router(build_files_router())
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
@@ -153,6 +161,7 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     endpoint = OpenAIEndpoint(app, registry, scheduler, proxy, body_limit_of(config))
+    endpoint.files = files
     reloading = asyncio.Lock()
 
     async def reload(drain: float = 30.0) -> dict[str, Any]:
@@ -191,6 +200,7 @@ def create_app(
             # sees a name the scheduler does not know yet.
             registry.update(new)
             endpoint.body_limit = body_limit_of(new)
+            files.ttl = new.settings.file_ttl
             app.state.config = new
             report: dict[str, Any] = await scheduler.reconfigure(new, drain)
         report["restart_required"] = kept

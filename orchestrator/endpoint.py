@@ -19,6 +19,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -26,7 +27,14 @@ from pydantic import BaseModel, ValidationError
 
 from core.errors import ServiceError
 from core.http_errors import describe_validation
-from core.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, parse_keep_alive
+from core.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ImageGenerationRequest,
+    parse_keep_alive,
+)
+from orchestrator.files import SignedFiles, base_url
 from orchestrator.progress import AfterHeaders, acquire_with_progress
 from orchestrator.proxy import Proxy, send_json
 from orchestrator.registry import Registry, Target
@@ -36,6 +44,7 @@ ROUTES: dict[str, type[BaseModel]] = {
     "/v1/chat/completions": ChatCompletionRequest,
     "/v1/completions": CompletionRequest,
     "/v1/embeddings": EmbeddingRequest,
+    "/v1/images/generations": ImageGenerationRequest,
 }
 
 ASGIApp = Any
@@ -98,6 +107,7 @@ class OpenAIEndpoint:
         self.proxy = proxy
         self.body_limit = body_limit
         self.reload: Any = None  # app.py's reload(drain): re-read models.yaml
+        self.files: SignedFiles | None = None  # signs generated files' URLs in answers
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] in ROUTES:
@@ -169,7 +179,7 @@ class OpenAIEndpoint:
                 answered = True
                 await self._error(send, exc, request_id)
                 return
-            await self.proxy.forward(lease, route, body, request_id, began, send)
+            await self.proxy.forward(lease, route, body, request_id, began, send, self._answer_transform(scope))
         except asyncio.CancelledError:
             if state["gone"]:
                 task.uncancel()  # cancelled by watch_client: the client left; nothing to answer
@@ -201,6 +211,13 @@ class OpenAIEndpoint:
                 lease.release()
                 raise
         return lease
+
+    def _answer_transform(self, scope: dict[str, Any]) -> Callable[[bytes], bytes] | None:
+        """For answers that may name generated files: sign their URLs."""
+        if scope["path"] != "/v1/images/generations" or self.files is None:
+            return None
+        files, base = self.files, base_url(scope, self.scheduler.settings.public_url)
+        return lambda body: files.sign_answer(body, base)
 
     def _progress_for(self, model_id: str) -> bool:
         """Whether a streamed request for model_id gets load progress events:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -61,9 +62,17 @@ class Proxy:
             await self.session.close()
 
     async def forward(
-        self, lease: Lease, path: str, body: bytes, request_id: bytes, began: float, send: Send
+        self,
+        lease: Lease,
+        path: str,
+        body: bytes,
+        request_id: bytes,
+        began: float,
+        send: Send,
+        transform: Callable[[bytes], bytes] | None = None,
     ) -> None:
-        """Send body to the leased service and relay its answer to the client.
+        """Send body to the leased service and relay its answer to the client
+        (a successful answer that is not a stream through transform, if given).
 
         The lease is released when the answer is over, whatever happens. If the
         client goes away, the caller cancels us; closing the upstream
@@ -98,6 +107,8 @@ class Proxy:
                     await self._upstream_failed(send, lease, exc, "failed while answering", "upstream_failed", request_id)
                     return
                 clean = True
+                if transform is not None and upstream.status == 200:
+                    data = transform(data)
                 own = before + time.perf_counter() - answered
                 headers += [(OVERHEAD_HEADER, f"{own * 1000:.3f}".encode()), (b"content-length", str(len(data)).encode())]
                 lease.responded = True

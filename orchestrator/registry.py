@@ -18,6 +18,7 @@ ROUTE_TYPES: dict[str, tuple[str, ...]] = {
     "/v1/chat/completions": ("text", "vision", "service"),
     "/v1/completions": ("text", "service"),
     "/v1/embeddings": ("embedding", "service"),
+    "/v1/images/generations": ("image", "service"),
 }
 
 

@@ -31,7 +31,7 @@ BROKEN = [
     ("models:\n  m:\n    engine: command\n    cmd: 'server --port 8000'\n",
      ["model 'm'", "must contain ${PORT}"]),
     ("models:\n  m:\n    engine: vllmm\n",
-     ["model 'm'", "field 'engine'", "'vllm', 'transformers', 'embeddings', 'onnx' or 'command'"]),
+     ["model 'm'", "field 'engine'", "'vllm', 'transformers', 'embeddings', 'onnx', 'diffusers' or 'command'"]),
     ("models:\n  m:\n    engine: transformers\n", ["model 'm'", "needs `model`"]),
     ("models:\n  m:\n    engine: vllm\n    model: /m\n    served_name: other\n",
      ["model 'm'", "`served_name` is only for engine 'command'"]),

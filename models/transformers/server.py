@@ -322,10 +322,6 @@ class TransformersService(BaseService):
 
     # --- request preparation (runs in a thread: tokenizing a long prompt takes time) ----
 
-    def _require_ready(self) -> None:
-        if not self.ready:
-            raise ServiceError(503, "model is still loading", "model_loading", retry_after=1)
-
     def _chat_inputs(self, messages: list[dict[str, str]]) -> dict[str, torch.Tensor]:
         if not self.tokenizer.chat_template:
             raise ServiceError(
