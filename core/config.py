@@ -244,6 +244,8 @@ class ModelConfig(_Strict):
             raise ValueError(f"`cmd` is only for engine 'command', not {self.engine!r}")
         elif self.served_name:
             raise ValueError(f"`served_name` is only for engine 'command': engine {self.engine!r} serves the model id")
+        if self.engine == "diffusers" and self.type not in ("image", "service"):
+            raise ValueError("engine 'diffusers' serves images: set `type: image`")
         if self.lora is not None and self.engine != "vllm":
             raise ValueError(f"`lora` needs engine 'vllm', not {self.engine!r}")
         if self.sleep is not None:

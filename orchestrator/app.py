@@ -200,7 +200,7 @@ def create_app(
             # sees a name the scheduler does not know yet.
             registry.update(new)
             endpoint.body_limit = body_limit_of(new)
-            files.ttl = new.settings.file_ttl
+            files.set_ttl(new.settings.file_ttl)
             app.state.config = new
             report: dict[str, Any] = await scheduler.reconfigure(new, drain)
         report["restart_required"] = kept

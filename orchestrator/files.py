@@ -20,6 +20,7 @@ import secrets
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from fastapi import APIRouter, Query, Request
@@ -31,25 +32,33 @@ log = logging.getLogger("modelyard.files")
 
 FILE_SCHEME = "modelyard-file:"
 KEY_BYTES = 32
+CLEANUP_MARGIN = 300.0  # seconds
 MEDIA_TYPES = {".png": "image/png", ".wav": "audio/wav", ".jpg": "image/jpeg", ".webp": "image/webp"}
 
 
 def load_or_create_key(path: Path) -> bytes:
-    """The signing key at path, made on first use (readable by its owner only)."""
-    try:
-        key = path.read_bytes()
-        if len(key) == KEY_BYTES:
-            return key
-    except FileNotFoundError:
-        pass
+    """The signing key at path, made on first use (readable by its owner only).
+    Two orchestrators starting at once on one state directory end with the same key."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_bytes(KEY_BYTES)
-    partial = path.with_suffix(".partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(key)
-    os.replace(partial, path)
-    return key
+    for _ in range(50):
+        try:
+            key = path.read_bytes()
+        except FileNotFoundError:
+            key = b""
+        if len(key) == KEY_BYTES:
+            os.chmod(path, 0o600)
+            return key
+        if not key:
+            try:  # O_EXCL: only one creator wins; the others read what it wrote
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                time.sleep(0.01)  # being written by the winner
+                continue
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(secrets.token_bytes(KEY_BYTES))
+            continue
+        raise RuntimeError(f"{path} holds {len(key)} bytes, not a {KEY_BYTES}-byte key; remove it to make a new one")
+    raise RuntimeError(f"{path} stayed incomplete; remove it to make a new one")
 
 
 class SignedFiles:
@@ -57,17 +66,24 @@ class SignedFiles:
         self.root = root
         self.key = key
         self.ttl = ttl
+        self.longest_ttl = ttl  # files stay as long as any URL issued for them may be valid
+
+    def set_ttl(self, ttl: float) -> None:
+        """A reload: new URLs get ttl; those already issued keep theirs."""
+        self.ttl = ttl
+        self.longest_ttl = max(self.longest_ttl, ttl)
 
     def signature(self, path: str, expires: int) -> str:
         return hmac.new(self.key, f"{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
 
     def url(self, base: str, path: str, now: float | None = None) -> str:
         expires = int((now if now is not None else time.time()) + self.ttl)
-        return f"{base}/files/{path}?expires={expires}&signature={self.signature(path, expires)}"
+        # Signed as the route receives it (decoded); sent encoded.
+        return f"{base}/files/{quote(path, safe='/')}?expires={expires}&signature={self.signature(path, expires)}"
 
     def resolve(self, path: str, expires: int, signature: str, now: float | None = None) -> Path:
         """The file a signed URL names: 403 for a wrong signature, 410 once expired, 404 when gone."""
-        if not hmac.compare_digest(self.signature(path, expires), signature):
+        if not hmac.compare_digest(self.signature(path, expires).encode(), signature.encode()):
             raise ServiceError(403, "the URL's signature is not valid", code="invalid_signature")
         if (now if now is not None else time.time()) > expires:
             raise ServiceError(410, "the URL has expired; generate the file again", code="url_expired")
@@ -84,15 +100,17 @@ class SignedFiles:
             answer = orjson.loads(body)
         except orjson.JSONDecodeError:
             return body
-        for item in answer.get("data", []) if isinstance(answer, dict) else []:
+        items = answer.get("data") if isinstance(answer, dict) else None
+        for item in items if isinstance(items, list) else []:
             url = item.get("url") if isinstance(item, dict) else None
             if isinstance(url, str) and url.startswith(FILE_SCHEME):
                 item["url"] = self.url(base, url.removeprefix(FILE_SCHEME))
         return orjson.dumps(answer)
 
     def delete_expired(self, now: float | None = None) -> int:
-        """Delete files whose URLs can no longer be valid; returns how many."""
-        cutoff = (now if now is not None else time.time()) - self.ttl
+        """Delete files whose URLs can no longer be valid; returns how many.
+        A URL is signed a little after its file is written: CLEANUP_MARGIN covers that."""
+        cutoff = (now if now is not None else time.time()) - self.longest_ttl - CLEANUP_MARGIN
         removed = 0
         for file in self.root.rglob("*"):
             try:
@@ -127,7 +145,7 @@ def build_files_router() -> APIRouter:
 
     @router.get("/files/{path:path}", include_in_schema=True)
     async def get_file(
-        request: Request, path: str, expires: int = Query(...), signature: str = Query(..., max_length=128)
+        request: Request, path: str, expires: int = Query(...), signature: str = Query(..., pattern="^[0-9a-f]{64}$")
     ) -> FileResponse:
         """A generated file, for as long as its signed URL is valid."""
         files: SignedFiles = request.app.state.files

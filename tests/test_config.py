@@ -33,6 +33,7 @@ BROKEN = [
     ("models:\n  m:\n    engine: vllmm\n",
      ["model 'm'", "field 'engine'", "'vllm', 'transformers', 'embeddings', 'onnx', 'diffusers' or 'command'"]),
     ("models:\n  m:\n    engine: transformers\n", ["model 'm'", "needs `model`"]),
+    ("models:\n  m:\n    engine: diffusers\n    model: /m\n", ["model 'm'", "set `type: image`"]),
     ("models:\n  m:\n    engine: vllm\n    model: /m\n    served_name: other\n",
      ["model 'm'", "`served_name` is only for engine 'command'"]),
     ("models:\n  m:\n    engine: vllm\n    model: /m\n    sleep: {wake_path: wake_up}\n",

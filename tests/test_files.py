@@ -73,7 +73,7 @@ def test_answers_get_their_file_urls_signed_and_nothing_else_changes(files):
 def test_files_older_than_their_urls_are_deleted(files):
     old, new = files.root / "images" / "old.png", files.root / "images" / "a.png"
     old.write_bytes(b"x")
-    os.utime(old, (time.time() - 700, time.time() - 700))
+    os.utime(old, (time.time() - 1000, time.time() - 1000))  # ttl 600 and the 300 s margin have passed
     assert files.delete_expired() == 1
     assert not old.exists() and new.exists()
 
@@ -82,3 +82,23 @@ def test_the_base_url_is_the_configured_one_else_the_clients_host():
     scope = {"scheme": "http", "headers": [(b"host", b"gpu-box:9000")], "server": ("127.0.0.1", 9000)}
     assert base_url(scope, None) == "http://gpu-box:9000"
     assert base_url(scope, "https://models.example.com/") == "https://models.example.com"
+
+
+def test_a_malformed_signature_is_refused_not_a_crash(files):
+    with pytest.raises(ServiceError) as refused:
+        files.resolve("images/a.png", int(NOW + 60), "é" * 64, now=NOW)
+    assert refused.value.status == 403
+
+
+def test_names_are_sent_encoded_and_signed_as_received(files):
+    url = files.url("http://h", "images/a b%.png", now=NOW)
+    assert "/files/images/a%20b%25.png?" in url
+    expires = int(NOW + files.ttl)
+    assert files.signature("images/a b%.png", expires) in url
+
+
+def test_a_shorter_ttl_after_a_reload_keeps_files_whose_urls_are_still_valid(files):
+    file = files.root / "images" / "a.png"
+    os.utime(file, (time.time() - 700, time.time() - 700))  # signed for 600 s, plus the margin: still kept
+    files.set_ttl(60)
+    assert files.delete_expired() == 0 and file.exists()

@@ -21,7 +21,6 @@ import io
 import logging
 import os
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -53,7 +52,9 @@ class DiffusersService(BaseService):
         self.device = "cpu"
         self.default_size = (512, 512)
         self.scale = 8  # width and height must be multiples of the VAE's downscaling
-        self.generating = threading.Lock()
+        # Taken before a worker thread is: waiting requests hold no thread, and
+        # one whose client went away is cancelled while it waits.
+        self.generating = asyncio.Lock()
         super().__init__(options)
 
     @classmethod
@@ -84,10 +85,12 @@ class DiffusersService(BaseService):
         self.pipeline, self.device, self.dtype = pipeline, device, dtype
         # Pipelines check multiples of 8; a VAE that downscales more needs its own factor.
         self.scale = max(8, int(getattr(pipeline, "vae_scale_factor", 8) or 8))
-        sample = getattr(getattr(pipeline, "unet", None), "config", None)
-        if sample is not None and getattr(sample, "sample_size", None):
-            side = int(sample.sample_size) * self.scale
-            self.default_size = (side, side)
+        # The UNet's sample size in latents, times the VAE's factor; 512x512 for pipelines without one.
+        sample = getattr(getattr(getattr(pipeline, "unet", None), "config", None), "sample_size", None)
+        if isinstance(sample, (list, tuple)) and len(sample) == 2:
+            self.default_size = (int(sample[1]) * self.scale, int(sample[0]) * self.scale)
+        elif isinstance(sample, int):
+            self.default_size = (sample * self.scale, sample * self.scale)
         log_event(log, "pipeline loaded", pipeline=type(pipeline).__name__, device=device, dtype=str(dtype),
                   default_size=f"{self.default_size[0]}x{self.default_size[1]}",
                   seconds=round(time.monotonic() - began, 3), model_path=path)
@@ -114,7 +117,8 @@ class DiffusersService(BaseService):
     async def generations(self, body: ImageGenerationRequest) -> dict[str, Any]:
         self._require_ready()
         width, height = self._size(body)
-        images = await asyncio.to_thread(self._generate, body, width, height)
+        async with self.generating:
+            images = await asyncio.to_thread(self._generate, body, width, height)
         if body.response_format == "b64_json":
             data = [{"b64_json": base64.b64encode(png).decode()} for png in images]
         else:
@@ -124,7 +128,7 @@ class DiffusersService(BaseService):
     def _generate(self, body: ImageGenerationRequest, width: int, height: int) -> list[bytes]:
         # The seed makes a request repeatable: same seed, same prompt and size, same images.
         generator = torch.Generator("cpu").manual_seed(body.seed) if body.seed is not None else None
-        with self.generating, torch.inference_mode():
+        with torch.inference_mode():
             began = time.monotonic()
             try:
                 result = self.pipeline(
