@@ -98,6 +98,9 @@ class EmbeddingRequest(_OpenAIRequest):
 
 
 SIZE = r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$"
+# An engine answers a generated file it wrote under $MODELYARD_FILES_DIR as
+# FILE_SCHEME + its relative path; the orchestrator signs it (orchestrator/files.py).
+FILE_SCHEME = "modelyard-file:"
 
 
 class ImageGenerationRequest(_OpenAIRequest):

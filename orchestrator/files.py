@@ -27,10 +27,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 
 from core.errors import ServiceError
+from core.protocol import FILE_SCHEME
 
 log = logging.getLogger("modelyard.files")
 
-FILE_SCHEME = "modelyard-file:"
 KEY_BYTES = 32
 CLEANUP_MARGIN = 300.0  # seconds
 MEDIA_TYPES = {".png": "image/png", ".wav": "audio/wav", ".jpg": "image/jpeg", ".webp": "image/webp"}

@@ -36,11 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from core.base_service import BaseService  # noqa: E402
 from core.errors import ServiceError  # noqa: E402
 from core.logs import log_event  # noqa: E402
-from core.protocol import ImageGenerationRequest, now  # noqa: E402
+from core.protocol import FILE_SCHEME, ImageGenerationRequest, now  # noqa: E402
 from core.torch_device import choose_device, keep_to_reservation  # noqa: E402
 
 log = logging.getLogger("modelyard.diffusers")
-FILE_SCHEME = "modelyard-file:"  # orchestrator/files.py signs these
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
