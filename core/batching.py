@@ -17,6 +17,7 @@ yet.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import time
@@ -161,3 +162,18 @@ class DynamicBatcher(Generic[Item, Result]):
         if len(results) != len(items):
             raise RuntimeError(f"batch of {len(items)} items gave {len(results)} results")
         return results
+
+
+def add_batching_arguments(parser: argparse.ArgumentParser, items: str) -> None:
+    """A batched service's engine arguments (models.yaml `args`): max_batch_size, max_wait_ms."""
+    parser.add_argument(
+        "--max-batch-size", type=_positive_int, default=32, help=f"{items} per model call; 1 = no batching"
+    )
+    parser.add_argument("--max-wait-ms", type=float, default=0.0, help=f"how long a batch waits for more {items}")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value

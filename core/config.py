@@ -17,7 +17,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-MODEL_TYPES = ("text", "embedding", "image", "audio", "vision", "service")
+MODEL_TYPES = ("text", "embedding", "image", "audio", "vision", "classification", "service")
+# The types an engine can serve (any engine may also be a `service`, reachable on every route).
+ENGINE_TYPES = {
+    "diffusers": ("image",),
+    "musicgen": ("audio",),
+    "embeddings": ("embedding",),
+    "onnx": ("embedding", "classification"),
+}
 
 # Placeholders every string field may use; ${NAME} of any other name must be an
 # environment variable, so a typo is caught at start-up rather than at load.
@@ -131,10 +138,10 @@ class LoraConfig(_Strict):
 class ModelConfig(_Strict):
     """One entry under `models:`. The key in the mapping is the model id."""
 
-    type: Literal["text", "embedding", "image", "audio", "vision", "service"] = Field(
+    type: Literal["text", "embedding", "image", "audio", "vision", "classification", "service"] = Field(
         "text", description="What the model serves; decides which routes reach it."
     )
-    engine: Literal["vllm", "transformers", "embeddings", "onnx", "diffusers", "command"] = Field(
+    engine: Literal["vllm", "transformers", "embeddings", "onnx", "diffusers", "musicgen", "command"] = Field(
         description="Which engine starts it: a models/<engine>/ launcher, or `command` "
         "for any OpenAI-compatible server given as `cmd`."
     )
@@ -244,8 +251,10 @@ class ModelConfig(_Strict):
             raise ValueError(f"`cmd` is only for engine 'command', not {self.engine!r}")
         elif self.served_name:
             raise ValueError(f"`served_name` is only for engine 'command': engine {self.engine!r} serves the model id")
-        if self.engine == "diffusers" and self.type not in ("image", "service"):
-            raise ValueError("engine 'diffusers' serves images: set `type: image`")
+        served = ENGINE_TYPES.get(self.engine)
+        if served is not None and self.type not in (*served, "service"):
+            choices = " or ".join(f"`type: {t}`" for t in served)
+            raise ValueError(f"engine {self.engine!r} does not serve type {self.type!r}: set {choices}")
         if self.lora is not None and self.engine != "vllm":
             raise ValueError(f"`lora` needs engine 'vllm', not {self.engine!r}")
         if self.sleep is not None:

@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.base_service import BaseService
-from core.batching import DynamicBatcher
+from core.batching import DynamicBatcher, add_batching_arguments
 from core.errors import ServiceError
 from core.protocol import now
 
@@ -103,10 +103,7 @@ class EncoderService(BaseService):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--max-batch-size", type=_positive_int, default=32, help="texts per model call; 1 = no batching"
-        )
-        parser.add_argument("--max-wait-ms", type=float, default=0.0, help="how long a batch waits for more texts")
+        add_batching_arguments(parser, "texts")
         parser.add_argument("--truncate", action="store_true", help="cut long inputs instead of answering 400")
 
     # --- for subclasses ---------------------------------------------------
@@ -178,10 +175,3 @@ class EncoderService(BaseService):
 
     def _encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         return list(self.encode(texts))
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value

@@ -47,6 +47,10 @@ def install_hint(engine: str) -> str:
 # so that none of them can be mistaken for the launcher's own.
 LAUNCHER_SEPARATOR = {"vllm": ("--",)}
 
+# Engines serving more than one task are told which one the model's `type` asks
+# for; they check it against the model they load (a `service` decides by itself).
+ENGINE_TASKS = {"onnx": {"embedding": "embedding", "classification": "image-classification"}}
+
 # Engines whose switches come in pairs (--enforce-eager / --no-enforce-eager):
 # false in models.yaml then says --no-..., overriding the engine's default.
 NEGATABLE_FLAGS = {"vllm"}
@@ -66,6 +70,11 @@ def engine_args(args: dict[str, str | int | float | bool], negatable: bool = Fal
         else:
             argv += ["--" + name, str(value)]
     return argv
+
+
+def task_args(model: ModelConfig) -> list[str]:
+    task = ENGINE_TASKS.get(model.engine, {}).get(model.type)
+    return ["--task", task] if task else []
 
 
 def lora_args(model: ModelConfig) -> dict[str, str | int | float | bool]:
@@ -175,6 +184,7 @@ def launch_spec(
         model_id,
         "--shutdown-grace",
         grace,
+        *task_args(model),
         *LAUNCHER_SEPARATOR.get(model.engine, ()),
         *engine_args(
             {**lora_args(model), **{k: expand(v, values) if isinstance(v, str) else v for k, v in model.args.items()}},

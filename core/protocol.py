@@ -129,6 +129,42 @@ class ImageGenerationRequest(_OpenAIRequest):
         return int(width), int(height)
 
 
+class AudioGenerationRequest(_OpenAIRequest):
+    """Music from a text prompt (the musicgen engine). response_format `audio`
+    answers the file itself, as OpenAI's /v1/audio/speech does; `url` and
+    `b64_json` answer JSON, as images/generations does."""
+
+    prompt: str = Field(min_length=1, max_length=4000)
+    duration: float | None = Field(None, gt=0, le=600, description="seconds; unset: the engine's default")
+    format: Literal["wav"] = "wav"
+    response_format: Literal["audio", "url", "b64_json"] = "audio"
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    guidance: float | None = Field(None, ge=0, le=50)
+    temperature: float | None = Field(None, gt=0, le=2)
+
+    @field_validator("stream")
+    @classmethod
+    def _not_streamed(cls, stream: bool) -> bool:
+        if stream:
+            raise ValueError("audio is not streamed; leave stream out or false")
+        return stream
+
+
+class PredictRequest(_OpenAIRequest):
+    """Image classification (the onnx engine): images as base64 or data: URLs,
+    answered with each image's top_k labels and scores."""
+
+    input: str | list[str] = Field(description="one image, or a list of them")
+    top_k: int = Field(5, ge=1, le=1000)
+
+    @field_validator("stream")
+    @classmethod
+    def _not_streamed(cls, stream: bool) -> bool:
+        if stream:
+            raise ValueError("predictions are not streamed; leave stream out or false")
+        return stream
+
+
 def completion_id(prefix: str = "chatcmpl") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 

@@ -28,10 +28,12 @@ from pydantic import BaseModel, ValidationError
 from core.errors import ServiceError
 from core.http_errors import describe_validation
 from core.protocol import (
+    AudioGenerationRequest,
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     ImageGenerationRequest,
+    PredictRequest,
     parse_keep_alive,
 )
 from orchestrator.files import SignedFiles, base_url
@@ -45,7 +47,11 @@ ROUTES: dict[str, type[BaseModel]] = {
     "/v1/completions": CompletionRequest,
     "/v1/embeddings": EmbeddingRequest,
     "/v1/images/generations": ImageGenerationRequest,
+    "/v1/audio/generations": AudioGenerationRequest,
+    "/v1/predict": PredictRequest,
 }
+# Routes whose answers may name generated files, to be signed on the way out.
+FILE_ROUTES = frozenset({"/v1/images/generations", "/v1/audio/generations"})
 
 ASGIApp = Any
 log = logging.getLogger("modelyard.endpoint")
@@ -214,7 +220,7 @@ class OpenAIEndpoint:
 
     def _answer_transform(self, scope: dict[str, Any]) -> Callable[[bytes], bytes] | None:
         """For answers that may name generated files: sign their URLs."""
-        if scope["path"] != "/v1/images/generations" or self.files is None:
+        if scope["path"] not in FILE_ROUTES or self.files is None:
             return None
         files, base = self.files, base_url(scope, self.scheduler.settings.public_url)
         return lambda body: files.sign_answer(body, base)

@@ -19,6 +19,8 @@ ROUTE_TYPES: dict[str, tuple[str, ...]] = {
     "/v1/completions": ("text", "service"),
     "/v1/embeddings": ("embedding", "service"),
     "/v1/images/generations": ("image", "service"),
+    "/v1/audio/generations": ("audio", "service"),
+    "/v1/predict": ("classification", "service"),
 }
 
 

@@ -19,10 +19,8 @@ import asyncio
 import base64
 import io
 import logging
-import os
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from core.base_service import BaseService  # noqa: E402
 from core.errors import ServiceError  # noqa: E402
+from core.generated_files import save_generated  # noqa: E402
 from core.logs import log_event  # noqa: E402
-from core.protocol import FILE_SCHEME, ImageGenerationRequest, now  # noqa: E402
+from core.protocol import ImageGenerationRequest, now  # noqa: E402
 from core.torch_device import choose_device, keep_to_reservation  # noqa: E402
 
 log = logging.getLogger("modelyard.diffusers")
@@ -121,7 +120,7 @@ class DiffusersService(BaseService):
         if body.response_format == "b64_json":
             data = [{"b64_json": base64.b64encode(png).decode()} for png in images]
         else:
-            data = [{"url": FILE_SCHEME + await asyncio.to_thread(self._save, png)} for png in images]
+            data = [{"url": await asyncio.to_thread(save_generated, png, "images", ".png")} for png in images]
         return {"created": now(), "data": data}
 
     def _generate(self, body: ImageGenerationRequest, width: int, height: int) -> list[bytes]:
@@ -150,18 +149,6 @@ class DiffusersService(BaseService):
             pngs.append(buffer.getvalue())
         log_event(log, "images generated", n=body.n, size=f"{width}x{height}", seconds=round(seconds, 3))
         return pngs
-
-    @staticmethod
-    def _save(png: bytes) -> str:
-        """Write png under the files directory; its path relative to it."""
-        root = Path(os.environ.get("MODELYARD_FILES_DIR") or Path.cwd() / "files")
-        relative = f"images/{uuid.uuid4().hex}.png"
-        target = root / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".partial")
-        partial.write_bytes(png)
-        partial.replace(target)  # never a half-written file under a URL
-        return relative
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
-"""onnx engine: OpenAI POST /v1/embeddings from a model that
-models/onnx/convert.py wrote, run by ONNX Runtime behind the dynamic batcher.
+"""onnx engine: a model that models/onnx/convert.py wrote, run by ONNX Runtime
+behind the dynamic batcher. Two tasks, by the model's manifest:
+
+- embedding: OpenAI POST /v1/embeddings (this file; requests, batching and
+  answers in core/encoder_service.py);
+- image-classification: POST /v1/predict (classifier.py).
 
     python models/onnx/server.py --port P --model-path DIR --model-id ID \
-        [--provider auto|tensorrt|cuda|cpu] [--max-batch-size 32] [--max-wait-ms 0] [--truncate]
+        [--task embedding|image-classification] [--provider auto|tensorrt|cuda|cpu] \
+        [--max-batch-size 32] [--max-wait-ms 0] [--truncate]
 
---provider auto takes the best that exists: TensorRT (when the converter built
-and checked an engine), then CUDA, then the CPU. Asking for one that does not
-exist here is a load error that names what does. No torch is imported: the
-service holds ONNX Runtime, the tokenizer and numpy only.
-Requests, batching and answers: core/encoder_service.py.
+Providers: runtime.py. No torch is imported: the service holds ONNX Runtime,
+numpy, and the tokenizer or Pillow.
 """
 
 from __future__ import annotations
@@ -27,29 +29,14 @@ from tokenizers import Tokenizer
 # Run as a script by the engine's own interpreter: make the repository's core/ importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from classifier import OnnxImageClassifier  # noqa: E402  (models/onnx/, the script's own folder)
+from runtime import MANIFEST, add_runtime_arguments, open_session, read_manifest  # noqa: E402
+
+from core.base_service import BaseService  # noqa: E402
 from core.encoder_service import EncoderService  # noqa: E402
 from core.logs import log_event  # noqa: E402
 
 log = logging.getLogger("modelyard.onnx")
-
-MANIFEST = "modelyard-onnx.json"
-PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
-
-
-def choose_providers(requested: str, available: list[str], tensorrt_built: bool) -> list[str]:
-    """ONNX Runtime providers in order of preference; RuntimeError naming what exists."""
-    if requested != "auto":
-        wanted = PROVIDERS[requested]
-        if wanted not in available:
-            raise RuntimeError(f"--provider {requested}: {wanted} is not available here "
-                               f"(onnxruntime has {', '.join(available)})")
-        if requested == "tensorrt" and not tensorrt_built:
-            raise RuntimeError("--provider tensorrt: the converter built no checked TensorRT engine for this model")
-        fallbacks = [PROVIDERS["cuda"], PROVIDERS["cpu"]] if requested == "tensorrt" else [PROVIDERS["cpu"]]
-        return [wanted, *(p for p in fallbacks if p in available and p != wanted)]
-    chosen = [PROVIDERS["tensorrt"]] if tensorrt_built and PROVIDERS["tensorrt"] in available else []
-    chosen += [p for p in (PROVIDERS["cuda"], PROVIDERS["cpu"]) if p in available]
-    return chosen
 
 
 class OnnxEncoderService(EncoderService):
@@ -65,30 +52,13 @@ class OnnxEncoderService(EncoderService):
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         super().add_arguments(parser)
-        parser.add_argument("--provider", default="auto", choices=["auto", *PROVIDERS])
-        parser.add_argument(
-            "--threads", type=int, default=0, help="CPU threads per model call (0: ONNX Runtime's choice)"
-        )
+        add_runtime_arguments(parser)
 
     def load(self) -> None:
         path = Path(self.options.model_path or "")
-        manifest_file = path / MANIFEST
-        if not manifest_file.is_file():
-            raise FileNotFoundError(f"{path} holds no {MANIFEST}: convert the model with models/onnx/convert.py")
-        manifest = json.loads(manifest_file.read_text())
-        if manifest.get("task") != "embedding":
-            raise ValueError(f"{manifest_file}: task {manifest.get('task')!r} is not served here (embedding)")
-        tensorrt = manifest.get("tensorrt", {})
-        providers = choose_providers(self.options.provider, ort.get_available_providers(), bool(tensorrt.get("built")))
-        if providers[0] == PROVIDERS["tensorrt"]:
-            trt_options = {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
-                           "trt_engine_cache_path": str(path / "trt-cache")}
-            providers = [(providers[0], trt_options), *providers[1:]]  # type: ignore[list-item]
+        manifest = read_manifest(path, self.options.task or "embedding")
         began = time.monotonic()
-        settings = ort.SessionOptions()
-        if self.options.threads:
-            settings.intra_op_num_threads = self.options.threads
-        self.session = ort.InferenceSession(str(path / "model.onnx"), sess_options=settings, providers=providers)
+        self.session = open_session(path, manifest, self.options)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.max_tokens = int(manifest["max_tokens"])
         self.dimension = int(manifest["dimension"])
@@ -126,5 +96,22 @@ class OnnxEncoderService(EncoderService):
         return self.session.run(None, feeds)[0]
 
 
+def service_class(argv: list[str]) -> type[BaseService]:
+    """The service for the task the orchestrator names (--task), else the one
+    the model's manifest names; the embedding service when neither says (its
+    load then reports what is wrong with the directory)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--task")
+    probe.add_argument("--model-path")
+    known, _ = probe.parse_known_args(argv)
+    task = known.task
+    if task is None and known.model_path:
+        try:
+            task = json.loads((Path(known.model_path) / MANIFEST).read_text()).get("task")
+        except (OSError, ValueError):
+            task = None
+    return OnnxImageClassifier if task == "image-classification" else OnnxEncoderService
+
+
 if __name__ == "__main__":
-    OnnxEncoderService.main()
+    service_class(sys.argv[1:]).main()

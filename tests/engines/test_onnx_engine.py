@@ -50,7 +50,7 @@ def test_conversion_is_checked_and_recorded(converted: Path) -> None:
     assert (manifest["dimension"], manifest["max_tokens"], manifest["pooling"]) == (384, 256, "mean")
     assert manifest["normalized"] is True and manifest["opset"] == 17
     check = manifest["check"]
-    assert check["max_abs_diff"] <= check["tolerance"] == 1e-4 and check["texts"] >= 5
+    assert check["max_abs_diff"] <= check["tolerance"] == 1e-4 and check["inputs"] >= 5
     assert (converted / "model.onnx").stat().st_size > 80_000_000 and (converted / "tokenizer.json").exists()
     # No TensorRT here, and the manifest says why instead of pretending.
     assert manifest["tensorrt"]["built"] is False and "TensorRT" in manifest["tensorrt"]["reason"]
@@ -71,9 +71,12 @@ def test_required_tensorrt_fails_where_it_cannot_run(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_directory_that_is_not_an_encoder_is_refused(tmp_path: Path) -> None:
+def test_a_directory_that_is_neither_an_encoder_nor_a_classifier_is_refused(tmp_path: Path) -> None:
     done = run_converter("--model", str(tmp_path), "--out", str(tmp_path / "out"))
-    assert done.returncode == 1 and "no modules.json" in done.stderr
+    assert done.returncode == 1 and "is neither a sentence-transformers model (modules.json)" in done.stderr
+    assert "--task" in done.stderr
+    forced = run_converter("--model", str(tmp_path), "--out", str(tmp_path / "out"), "--task", "embedding")
+    assert forced.returncode == 1 and "no modules.json" in forced.stderr
 
 
 def test_served_vectors_match_sentence_transformers(engine: Engine) -> None:
