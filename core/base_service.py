@@ -29,12 +29,12 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from core.errors import ServiceError, error_body
@@ -42,6 +42,10 @@ from core.http_errors import install_error_handlers
 from core.logs import configure_logging, log_event
 
 log = logging.getLogger("modelyard.service")
+
+T = TypeVar("T")
+# How often a request waiting for its turn (run_in_turn) checks that its client is still there.
+TURN_POLL_SECONDS = 0.5
 
 # Exit code of a service whose load() failed: the orchestrator reports it as a
 # load error together with the tail of the service's log.
@@ -87,6 +91,7 @@ class BaseService:
         self.started_at = time.monotonic()
         self._active = 0  # HTTP requests in progress, /health aside
         self.asleep = False
+        self._turn: asyncio.Lock | None = None  # run_in_turn's; made on the event loop
         self.app = FastAPI(title=f"modelyard {self.name}", lifespan=self._lifespan)
         install_error_handlers(self.app, self.name)
         self.app.add_api_route("/health", self._health, methods=["GET"])
@@ -112,6 +117,32 @@ class BaseService:
 
     def add_routes(self, app: FastAPI) -> None:
         """Register the service's OpenAI routes on app."""
+
+    async def run_in_turn(self, request: Request, work: Callable[[], T]) -> T:
+        """Run blocking work in a thread, one call at a time in this service (a
+        generation uses the whole device). A request waiting for its turn holds
+        no thread and is dropped once its client has gone; a turn that began
+        lasts until its thread is done, even if its request is cancelled, so
+        two generations never overlap."""
+        if self._turn is None:
+            self._turn = asyncio.Lock()
+        turn = self._turn
+        while True:
+            try:
+                await asyncio.wait_for(turn.acquire(), timeout=TURN_POLL_SECONDS)
+                break
+            except TimeoutError:
+                if await request.is_disconnected():
+                    raise ServiceError(503, "the client went away while waiting for its turn", "client_gone") from None
+
+        def done(job: asyncio.Future[T]) -> None:
+            turn.release()
+            if not job.cancelled():
+                job.exception()  # retrieved: an abandoned request's failure is not "never retrieved"
+
+        job = asyncio.ensure_future(asyncio.to_thread(work))
+        job.add_done_callback(done)
+        return await asyncio.shield(job)
 
     def _require_ready(self) -> None:
         """For routes: a 503 until the model is loaded."""

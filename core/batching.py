@@ -79,6 +79,10 @@ class DynamicBatcher(Generic[Item, Result]):
         self._queue: asyncio.Queue[_Pending[Item, Result]] | None = None
         self._worker: asyncio.Task[None] | None = None
 
+    def health(self) -> dict[str, float | int]:
+        """The settings and what was done, for a service's /health."""
+        return {"max_batch_size": self.max_batch_size, "max_wait_ms": self.max_wait * 1000, **self.stats.as_dict()}
+
     async def submit(self, items: Sequence[Item]) -> list[Result]:
         """Results for items, in order, once the batches holding them have run."""
         if self._worker is None or self._worker.done():

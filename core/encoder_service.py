@@ -124,11 +124,7 @@ class EncoderService(BaseService):
             "device": self.device,
             "dimension": self.dimension,
             "max_tokens": self.max_tokens,
-            "batching": {
-                "max_batch_size": self.batcher.max_batch_size,
-                "max_wait_ms": self.batcher.max_wait * 1000,
-                **self.batcher.stats.as_dict(),
-            },
+            "batching": self.batcher.health(),
         }
 
     def add_routes(self, app: FastAPI) -> None:

@@ -92,6 +92,17 @@ class CompletionRequest(_OpenAIRequest):
     n: int | None = Field(None, ge=1, le=1)
 
 
+class _WholeAnswerRequest(_OpenAIRequest):
+    """A request whose answer comes whole: `stream: true` is refused."""
+
+    @field_validator("stream")
+    @classmethod
+    def _not_streamed(cls, stream: bool) -> bool:
+        if stream:
+            raise ValueError("this route does not stream its answers; leave stream out or false")
+        return stream
+
+
 class EmbeddingRequest(_OpenAIRequest):
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: str | None = None
@@ -103,7 +114,7 @@ SIZE = r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$"
 FILE_SCHEME = "modelyard-file:"
 
 
-class ImageGenerationRequest(_OpenAIRequest):
+class ImageGenerationRequest(_WholeAnswerRequest):
     """OpenAI's images/generations, plus the diffusion knobs: steps, guidance, seed."""
 
     prompt: str = Field(min_length=1, max_length=4000)
@@ -115,13 +126,6 @@ class ImageGenerationRequest(_OpenAIRequest):
     guidance: float | None = Field(None, ge=0, le=50)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
 
-    @field_validator("stream")
-    @classmethod
-    def _not_streamed(cls, stream: bool) -> bool:
-        if stream:
-            raise ValueError("images are not streamed; leave stream out or false")
-        return stream
-
     def dimensions(self) -> tuple[int, int] | None:
         if self.size is None:
             return None
@@ -129,7 +133,7 @@ class ImageGenerationRequest(_OpenAIRequest):
         return int(width), int(height)
 
 
-class AudioGenerationRequest(_OpenAIRequest):
+class AudioGenerationRequest(_WholeAnswerRequest):
     """Music from a text prompt (the musicgen engine). response_format `audio`
     answers the file itself, as OpenAI's /v1/audio/speech does; `url` and
     `b64_json` answer JSON, as images/generations does."""
@@ -142,27 +146,13 @@ class AudioGenerationRequest(_OpenAIRequest):
     guidance: float | None = Field(None, ge=0, le=50)
     temperature: float | None = Field(None, gt=0, le=2)
 
-    @field_validator("stream")
-    @classmethod
-    def _not_streamed(cls, stream: bool) -> bool:
-        if stream:
-            raise ValueError("audio is not streamed; leave stream out or false")
-        return stream
 
-
-class PredictRequest(_OpenAIRequest):
+class PredictRequest(_WholeAnswerRequest):
     """Image classification (the onnx engine): images as base64 or data: URLs,
     answered with each image's top_k labels and scores."""
 
     input: str | list[str] = Field(description="one image, or a list of them")
     top_k: int = Field(5, ge=1, le=1000)
-
-    @field_validator("stream")
-    @classmethod
-    def _not_streamed(cls, stream: bool) -> bool:
-        if stream:
-            raise ValueError("predictions are not streamed; leave stream out or false")
-        return stream
 
 
 def completion_id(prefix: str = "chatcmpl") -> str:

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from diffusers import AutoPipelineForText2Image
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 # Run as a script by the engine's own interpreter: make the repository's core/ importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -36,10 +36,14 @@ from core.errors import ServiceError  # noqa: E402
 from core.generated_files import save_generated  # noqa: E402
 from core.logs import log_event  # noqa: E402
 from core.protocol import ImageGenerationRequest, now  # noqa: E402
-from core.torch_device import choose_device, keep_to_reservation  # noqa: E402
+from core.torch_device import (  # noqa: E402
+    add_device_arguments,
+    choose_device,
+    choose_dtype,
+    keep_to_reservation,
+)
 
 log = logging.getLogger("modelyard.diffusers")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class DiffusersService(BaseService):
@@ -50,17 +54,11 @@ class DiffusersService(BaseService):
         self.device = "cpu"
         self.default_size = (512, 512)
         self.scale = 8  # width and height must be multiples of the VAE's downscaling
-        # Taken before a worker thread is: waiting requests hold no thread, and
-        # one whose client went away is cancelled while it waits.
-        self.generating = asyncio.Lock()
         super().__init__(options)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-        parser.add_argument(
-            "--dtype", default="auto", choices=["auto", *DTYPES], help="auto: float16 on CUDA, float32 on the CPU"
-        )
+        add_device_arguments(parser)
         parser.add_argument("--default-steps", type=int, default=30, help="denoising steps when a request says none")
         parser.add_argument(
             "--default-guidance", type=float, default=7.5, help="guidance scale when a request says none"
@@ -75,7 +73,7 @@ class DiffusersService(BaseService):
             raise FileNotFoundError(f"no diffusers pipeline at {path} (model_index.json missing)")
         device = choose_device(self.options.device)
         keep_to_reservation(device)
-        dtype = DTYPES.get(self.options.dtype) or (torch.float16 if device.startswith("cuda") else torch.float32)
+        dtype = choose_dtype(self.options.dtype, device)
         began = time.monotonic()
         pipeline = AutoPipelineForText2Image.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
         pipeline.to(device)
@@ -112,11 +110,10 @@ class DiffusersService(BaseService):
                                f"{self.options.max_pixels} pixels", param="size")
         return width, height
 
-    async def generations(self, body: ImageGenerationRequest) -> dict[str, Any]:
+    async def generations(self, body: ImageGenerationRequest, request: Request) -> dict[str, Any]:
         self._require_ready()
         width, height = self._size(body)
-        async with self.generating:
-            images = await asyncio.to_thread(self._generate, body, width, height)
+        images = await self.run_in_turn(request, lambda: self._generate(body, width, height))
         if body.response_format == "b64_json":
             data = [{"b64_json": base64.b64encode(png).decode()} for png in images]
         else:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from transformers import AutoTokenizer, MusicgenForConditionalGeneration
 
@@ -42,10 +42,14 @@ from core.errors import ServiceError  # noqa: E402
 from core.generated_files import save_generated  # noqa: E402
 from core.logs import log_event  # noqa: E402
 from core.protocol import AudioGenerationRequest, now  # noqa: E402
-from core.torch_device import choose_device, keep_to_reservation  # noqa: E402
+from core.torch_device import (  # noqa: E402
+    add_device_arguments,
+    choose_device,
+    choose_dtype,
+    keep_to_reservation,
+)
 
 log = logging.getLogger("modelyard.musicgen")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
@@ -76,19 +80,13 @@ class MusicgenService(BaseService):
         self.device = "cpu"
         self.sample_rate = 0
         self.frame_rate = 0.0  # audio-token frames per second
-        self.codebooks = 1
+        self.delay = 0  # frames of the codebook delay pattern, which decode to no audio
         self.longest = 0.0  # seconds: the decoder's positions, or --max-duration
-        # Taken before a worker thread is: waiting requests hold no thread, and
-        # one whose client went away is cancelled while it waits.
-        self.generating = asyncio.Lock()
         super().__init__(options)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-        parser.add_argument(
-            "--dtype", default="auto", choices=["auto", *DTYPES], help="auto: float16 on CUDA, float32 on the CPU"
-        )
+        add_device_arguments(parser)
         parser.add_argument("--default-duration", type=float, default=10.0, help="seconds when a request says none")
         parser.add_argument("--max-duration", type=float, default=30.0, help="longest duration a request may ask for")
 
@@ -98,7 +96,7 @@ class MusicgenService(BaseService):
             raise FileNotFoundError(f"no MusicGen model at {path} (config.json missing)")
         device = choose_device(self.options.device)
         keep_to_reservation(device)
-        dtype = DTYPES.get(self.options.dtype) or (torch.float16 if device.startswith("cuda") else torch.float32)
+        dtype = choose_dtype(self.options.dtype, device)
         began = time.monotonic()
         model = MusicgenForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True)
         self.model = model.to(device).eval()
@@ -106,9 +104,12 @@ class MusicgenService(BaseService):
         audio = model.config.audio_encoder
         self.sample_rate = int(audio.sampling_rate)
         self.frame_rate = float(audio.frame_rate)
-        self.codebooks = int(model.config.decoder.num_codebooks)
-        # The decoder reads at most max_position_embeddings frames, the codebook delay pattern included.
-        positions = int(model.config.decoder.max_position_embeddings) - self.codebooks
+        decoder = model.config.decoder
+        # Each channel's codebooks are delayed one frame after another (stereo
+        # models interleave two channels' codebooks): num_codebooks / channels - 1 frames.
+        self.delay = int(decoder.num_codebooks) // int(getattr(decoder, "audio_channels", 1) or 1) - 1
+        # The decoder reads at most max_position_embeddings frames, the delay included.
+        positions = int(decoder.max_position_embeddings) - self.delay - 1
         self.longest = min(self.options.max_duration, positions / self.frame_rate)
         self.device, self.dtype = device, dtype
         log_event(log, "model loaded", device=device, dtype=str(dtype), sample_rate=self.sample_rate,
@@ -133,11 +134,10 @@ class MusicgenService(BaseService):
             raise ServiceError(400, f"duration {duration:g} s is shorter than one sample", param="duration")
         return duration
 
-    async def generations(self, body: AudioGenerationRequest) -> Any:
+    async def generations(self, body: AudioGenerationRequest, request: Request) -> Any:
         self._require_ready()
         duration = self._duration(body)
-        async with self.generating:
-            audio = await asyncio.to_thread(self._generate, body, duration)
+        audio = await self.run_in_turn(request, lambda: self._generate(body, duration))
         wav = wav_bytes(audio, self.sample_rate)
         if body.response_format == "audio":
             return Response(wav, media_type="audio/wav")
@@ -151,8 +151,7 @@ class MusicgenService(BaseService):
 
     def _generate(self, body: AudioGenerationRequest, duration: float) -> np.ndarray:
         samples = round(duration * self.sample_rate)
-        # The first codebooks-1 frames only fill the delay pattern: they decode to no audio.
-        frames = math.ceil(duration * self.frame_rate) + self.codebooks - 1
+        frames = math.ceil(duration * self.frame_rate) + self.delay
         # The seed makes a request repeatable; without one, a fresh one (not the previous request's state).
         torch.manual_seed(body.seed if body.seed is not None else secrets.randbits(63))
         options: dict[str, Any] = {"max_new_tokens": frames, "min_new_tokens": frames, "do_sample": True}
@@ -164,7 +163,11 @@ class MusicgenService(BaseService):
         began = time.monotonic()
         with torch.inference_mode():
             values = self.model.generate(**inputs, **options)  # (batch, channels, samples)
-        audio = exact_length(values[0].float().cpu().numpy(), samples)
+        generated = values[0].float().cpu().numpy()
+        if generated.shape[1] < samples:
+            log_event(log, "generated audio is short; padded with silence", logging.WARNING,
+                      samples=generated.shape[1], wanted=samples)
+        audio = exact_length(generated, samples)
         log_event(log, "audio generated", duration=duration, frames=frames,
                   seconds=round(time.monotonic() - began, 3))
         return audio

@@ -44,15 +44,17 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
-from image_inputs import preprocess  # models/onnx/, the script's own folder: the server's preprocessing
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, AutoTokenizer
 
-TASKS = ("embedding", "image-classification")
+# isort: split
+# models/onnx/, the script's own folder: the server's preprocessing and manifest.
+from image_inputs import preprocess
+from runtime import MANIFEST, TASKS
+
 # Transformers' image processors resize and normalize in float32; ours must give the same pixels.
 PREPROCESS_TOLERANCE = 1e-5
 
-MANIFEST = "modelyard-onnx.json"
 # Texts of very different lengths in one batch: padding must not change a vector.
 CHECK_TEXTS = [
     "hello",
@@ -247,31 +249,42 @@ def preprocess_spec(processor: Any) -> dict[str, Any]:
     if settings.get("do_pad") or settings.get("do_reduce_labels"):
         raise ConversionError(f"image processor {settings.get('image_processor_type')}: padding is not supported")
     size = {key: value for key, value in (settings.get("size") or {}).items() if value is not None}
-    crop = settings.get("crop_size") if settings.get("do_center_crop") else None
+    crops = [settings["crop_size"]] if settings.get("do_center_crop") and settings.get("crop_size") else []
     resize = None
     if settings.get("do_resize", True):
         if "crop_pct" in settings and set(size) == {"shortest_edge"}:
-            # ConvNeXT and ResNet: under 384, resize to edge/crop_pct and crop edge x edge; else warp to edge x edge.
+            # ConvNeXT and ResNet: under 384, resize to edge/crop_pct and crop edge x edge (then any
+            # centre crop of its own); from 384 on, warp to edge x edge.
             edge, crop_pct = size["shortest_edge"], settings.get("crop_pct") or 224 / 256
             if edge < 384:
-                resize, crop = {"shortest_edge": int(edge / crop_pct)}, {"height": edge, "width": edge}
+                resize = {"shortest_edge": int(edge / crop_pct)}
+                crops.insert(0, {"height": edge, "width": edge})
             else:
                 resize = {"height": edge, "width": edge}
         elif set(size) in ({"height", "width"}, {"shortest_edge"}):
             resize = size
         else:
             raise ConversionError(f"image processor size {size} is not supported (height and width, or shortest_edge)")
-    if (resize is None or "shortest_edge" in resize) and not crop:
+    if (resize is None or "shortest_edge" in resize) and not crops:
         raise ConversionError("the image processor gives images of varying size (no fixed resize or crop)")
+    normalize = settings.get("do_normalize", True)
     return {
         "processor": settings.get("image_processor_type"),
         "resize": resize,
         "resample": int(settings.get("resample") if settings.get("resample") is not None else 2),
-        "crop": crop,
+        "crops": crops,
         "rescale": float(settings["rescale_factor"]) if settings.get("do_rescale", True) else None,
-        "mean": [float(v) for v in settings["image_mean"]] if settings.get("do_normalize", True) else None,
-        "std": [float(v) for v in settings["image_std"]] if settings.get("do_normalize", True) else None,
+        "mean": per_channel(settings["image_mean"]) if normalize else None,
+        "std": per_channel(settings["image_std"]) if normalize else None,
     }
+
+
+def per_channel(value: float | list[float]) -> list[float]:
+    """A mean or std for each of the three channels (processors may give one number)."""
+    values = [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)] * 3
+    if len(values) != 3:
+        raise ConversionError(f"image mean/std {value} does not have 3 channels")
+    return values
 
 
 def check_images() -> list[Image.Image]:

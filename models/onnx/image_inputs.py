@@ -10,7 +10,8 @@ The steps, as the converter writes them into the manifest's `preprocess`:
   resize   {"height", "width"}: to exactly that size; or {"shortest_edge"}:
            the short side to that, the long side in proportion (transformers'
            rounding down); resample is a PIL filter number
-  crop     {"height", "width"}: the centre, padded with zeros if smaller
+  crops    [{"height", "width"}, ...]: the centre, padded with zeros if
+           smaller, one crop after another (ConvNeXT crops twice)
   rescale  multiply by this (1/255 usually); normalize: (x - mean) / std
 """
 
@@ -27,6 +28,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 _DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
+# Raster formats Pillow decodes itself; others (EPS would run Ghostscript) are refused.
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 
 
 class ImageInputError(ValueError):
@@ -38,22 +41,25 @@ def decode_image(value: str, max_pixels: int) -> Image.Image:
     transparency is composited on white, as transformers' convert_to_rgb does."""
     if value.startswith(("http://", "https://")):
         raise ImageInputError("is a URL, and images are not fetched: send the image itself as base64 or a data: URL")
-    payload = _DATA_URL.sub("", value, count=1)
+    payload = "".join(_DATA_URL.sub("", value, count=1).split())  # base64 tools wrap lines
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise ImageInputError("is not base64 (or a data:image/...;base64, URL)") from None
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
         width, height = image.size  # from the header: nothing decoded yet
         if width * height > max_pixels:
             raise ImageInputError(f"is {width}x{height} pixels; the limit is {max_pixels}")
         image.load()
+        return to_rgb(image)
     except ImageInputError:
         raise
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as exc:
-        raise ImageInputError(f"is not an image Pillow can read ({type(exc).__name__})") from None
-    return to_rgb(image)
+    except Image.DecompressionBombError:
+        raise ImageInputError(f"is larger than the limit of {max_pixels} pixels") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ImageInputError(f"is not an image Pillow can read as {', '.join(FORMATS)} "
+                              f"({type(exc).__name__})") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -97,8 +103,7 @@ def preprocess(image: Image.Image, spec: dict[str, Any]) -> np.ndarray:
         if size != image.size:
             image = image.resize(size, resample=Image.Resampling(spec["resample"]))
     pixels = np.moveaxis(np.asarray(image), -1, 0)
-    crop = spec.get("crop")
-    if crop:
+    for crop in spec.get("crops") or ():
         pixels = center_crop(pixels, crop["height"], crop["width"])
     values = pixels.astype(np.float32)
     if spec.get("rescale") is not None:

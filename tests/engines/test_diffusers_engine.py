@@ -108,7 +108,7 @@ def test_the_official_openai_client_works(orch):
         ({"n": 11}, "n"),
         ({"response_format": "png"}, "response_format"),
         ({"prompt": ""}, "prompt"),
-        ({"stream": True}, "not streamed"),
+        ({"stream": True}, "does not stream"),
     ],
 )
 def test_bad_requests_are_400s_that_name_the_problem(orch, fields, fragment):

@@ -3,11 +3,14 @@ processor, from configs, with no download, and save it where
 AutoModelForImageClassification and AutoImageProcessor load it. Runs with the
 onnx engine's Python.
 
-    python tests/support/tiny_image_classifier.py OUT_DIR [--processor vit|convnext|bit|padded]
+    python tests/support/tiny_image_classifier.py OUT_DIR [--processor NAME]
 
 vit: resize to exactly 32x32; convnext: shortest edge 32 with crop_pct (resize
-to 36, crop 32x32); bit: shortest edge 40, centre crop 32x32, CLIP's mean and
-std; padded: pads to a size, which the converter does not support.
+to 36, crop 32x32); convnext-crop: the same at 36, then its own centre crop to
+32x32; bit: shortest edge 40, centre crop 32x32, CLIP's mean and std; levit:
+LeViT's own resize (shortest edge 256/224 of its size), which the server's
+preprocessing does not reproduce; padded: pads to a size, which the converter
+does not support.
 """
 
 import argparse
@@ -18,6 +21,7 @@ import torch
 from transformers import (
     BitImageProcessor,
     ConvNextImageProcessor,
+    LevitImageProcessor,
     ViTConfig,
     ViTForImageClassification,
     ViTImageProcessor,
@@ -25,7 +29,7 @@ from transformers import (
 
 parser = argparse.ArgumentParser()
 parser.add_argument("out", type=Path)
-parser.add_argument("--processor", default="vit", choices=["vit", "convnext", "bit", "padded"])
+parser.add_argument("--processor", default="vit", choices=["vit", "convnext", "convnext-crop", "bit", "levit", "padded"])
 args = parser.parse_args()
 torch.manual_seed(0)
 
@@ -41,6 +45,11 @@ with warnings.catch_warnings():
         processor = ViTImageProcessor(size={"height": 32, "width": 32})
     elif args.processor == "convnext":
         processor = ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875)
+    elif args.processor == "convnext-crop":
+        processor = ConvNextImageProcessor(size={"shortest_edge": 36}, crop_pct=0.875, do_center_crop=True,
+                                           crop_size={"height": 32, "width": 32})
+    elif args.processor == "levit":
+        processor = LevitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     elif args.processor == "bit":
         processor = BitImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32})
     else:
