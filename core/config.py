@@ -273,6 +273,48 @@ class SimulatedGPU(_Strict):
     memory_gb: float = Field(gt=0, description="Memory of the simulated card.")
 
 
+class JwtSettings(_Strict):
+    """`settings.auth.jwt`: bearer tokens from an identity provider, besides API keys
+    (orchestrator/jwt_auth.py). Exactly one of secret_env (HS256) and jwks_file
+    (RS256, ES256)."""
+
+    audience: str = Field(min_length=1, description="The `aud` every token must carry.")
+    issuer: str | None = Field(None, description="The `iss` every token must carry; null: not checked.")
+    secret_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding the HS256 shared secret (the secret stays out of this file).",
+    )
+    jwks_file: str | None = Field(None, description="JWKS file with the public keys of RS256/ES256 tokens (by kid).")
+    role_claim: str = Field("role", description="Claim naming the role: viewer, member or admin.")
+    default_role: Literal["viewer", "member", "admin"] = Field(
+        "viewer", description="Role of a token without the role claim."
+    )
+    scopes_claim: str = Field("scope", description="Claim with extra scopes (space-separated, or a list).")
+    models_claim: str = Field("models", description="Claim listing the models the token may use; absent: all.")
+    tenant_claim: str = Field("tenant", description="Claim naming the tenant (kept with the request).")
+    leeway: float = Field(30.0, ge=0, le=600, description="Seconds of clock skew allowed on exp and nbf.")
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> "JwtSettings":
+        if (self.secret_env is None) == (self.jwks_file is None):
+            raise ValueError("give exactly one of secret_env (HS256) and jwks_file (RS256, ES256)")
+        return self
+
+
+class AuthSettings(_Strict):
+    """`settings.auth`: who may use the endpoint (orchestrator/auth.py, docs/SECURITY.md)."""
+
+    enabled: bool = Field(
+        False, description="Every request but /health, /ready and signed file URLs needs an API key "
+        "(Authorization: Bearer, or x-api-key). Off: whoever reaches the port may do anything."
+    )
+    insecure_public: bool = Field(
+        False, description="Listen on an address other than loopback with auth off. Without this the "
+        "orchestrator refuses to start that way."
+    )
+    jwt: JwtSettings | None = Field(None, description="Also accept JWT bearer tokens (null: API keys only).")
+
+
 class Settings(_Strict):
     """The `settings:` section: how the orchestrator itself runs."""
 
@@ -337,6 +379,7 @@ class Settings(_Strict):
         "(behind a reverse proxy, say https://models.example.com); null: the request's Host header."
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    auth: AuthSettings = Field(default_factory=AuthSettings)  # type: ignore[arg-type]
 
 
 class GroupConfig(_Strict):

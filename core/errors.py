@@ -67,6 +67,9 @@ class ServiceError(Exception):
         return error_body(self.status, self.message, self.code, self.param)
 
     def headers(self) -> dict[str, str]:
-        if self.retry_after is None:
-            return {}
-        return {"Retry-After": str(max(1, int(self.retry_after + 0.999)))}
+        headers = {}
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(max(1, int(self.retry_after + 0.999)))
+        if self.status == 401:  # RFC 9110: a 401 names the scheme that would work
+            headers["WWW-Authenticate"] = 'Bearer realm="modelyard"'
+        return headers

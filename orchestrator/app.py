@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.responses import JSONResponse, Response
@@ -28,9 +28,13 @@ from core.gpu import Inventory
 from core.http_errors import install_error_handlers
 from orchestrator.adapters import Adapters
 from orchestrator.admin import build_admin_router
+from orchestrator.auth import Authenticator, Principal
 from orchestrator.endpoint import ROUTES, OpenAIEndpoint
 from orchestrator.files import SignedFiles, build_files_router, load_or_create_key
 from orchestrator.footprints import Footprints
+from orchestrator.jwt_auth import JwtVerifier
+from orchestrator.keys import KeyStore
+from orchestrator.keys_api import build_keys_router
 from orchestrator.metrics import SchedulerCollector, SchedulerMetrics
 from orchestrator.proxy import Proxy
 from orchestrator.registry import Registry
@@ -40,7 +44,7 @@ log = logging.getLogger("modelyard.orchestrator")
 
 
 # Settings that only a restart can change: reload keeps their old values.
-RESTART_SETTINGS = ("host", "port", "gpus", "upstream_timeout", "log_level")
+RESTART_SETTINGS = ("host", "port", "gpus", "upstream_timeout", "log_level", "auth")
 
 
 def create_app(
@@ -54,6 +58,10 @@ def create_app(
         config.state_path() / "files", load_or_create_key(config.state_path() / "files.key"), config.settings.file_ttl
     )
     registry = Registry(config, adapters)
+    keys = KeyStore(config.state_path() / "keys.db")
+    if config.settings.auth.enabled and not any(k.role == "admin" and k.state() == "active" for k in keys.all()):
+        log_event(log, "auth is on and no active admin key exists; make one with: python -m orchestrator.keys_cli "
+                  "create --name NAME --role admin", logging.WARNING)
     footprints = Footprints(config.state_path() / "orchestrator.db")
     metrics_registry = CollectorRegistry()
     scheduler = Scheduler(
@@ -80,21 +88,32 @@ def create_app(
         await proxy.close()
         await adapters.close()
         footprints.close()
+        keys.close()
 
     app = FastAPI(title="modelyard", version="0.1.0", lifespan=lifespan)
     app.state.config = config
     app.state.scheduler = scheduler
     app.state.adapters = adapters
     app.state.files = files
+    app.state.keys = keys
     app.state.ready = False
     install_error_handlers(app, "orchestrator")
     app.include_router(build_admin_router())
     app.include_router(build_files_router())
+    app.include_router(build_keys_router())
 
     @app.get("/v1/models")
-    async def list_models() -> dict[str, Any]:
+    async def list_models(request: Request) -> dict[str, Any]:
+        # A key limited to some models sees only those.
+        principal: Principal | None = getattr(request.state, "principal", None)
+
+        def shown(model_id: str, adapter: str | None = None) -> bool:
+            return principal is None or principal.may_use(model_id, adapter, registry.canonical)
+
         data = []
         for model_id, model in scheduler.config.models.items():
+            if not shown(model_id):
+                continue
             service = scheduler.services[model_id]
             data.append(
                 {
@@ -108,6 +127,8 @@ def create_app(
                 }
             )
         for adapter in adapters.all():  # LoRA adapters: models of their own, on a base model's service
+            if not shown(adapter.base, adapter.name):
+                continue
             base = scheduler.services[adapter.base]
             data.append(
                 {
@@ -162,6 +183,9 @@ def create_app(
     app.openapi = openapi  # type: ignore[method-assign]
     endpoint = OpenAIEndpoint(app, registry, scheduler, proxy, body_limit_of(config))
     endpoint.files = files
+    if config.settings.auth.enabled:
+        jwt_settings = config.settings.auth.jwt
+        endpoint.auth = Authenticator(keys, JwtVerifier(jwt_settings).verify if jwt_settings else None)
     reloading = asyncio.Lock()
 
     async def reload(drain: float = 30.0) -> dict[str, Any]:

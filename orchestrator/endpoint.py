@@ -36,6 +36,7 @@ from core.protocol import (
     PredictRequest,
     parse_keep_alive,
 )
+from orchestrator.auth import Authenticator
 from orchestrator.files import SignedFiles, base_url
 from orchestrator.progress import AfterHeaders, acquire_with_progress
 from orchestrator.proxy import Proxy, send_json
@@ -114,6 +115,7 @@ class OpenAIEndpoint:
         self.body_limit = body_limit
         self.reload: Any = None  # app.py's reload(drain): re-read models.yaml
         self.files: SignedFiles | None = None  # signs generated files' URLs in answers
+        self.auth: Authenticator | None = None  # API keys and what they may do; None: everyone may
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] in ROUTES:
@@ -122,8 +124,16 @@ class OpenAIEndpoint:
             else:
                 error = ServiceError(405, f"{scope['path']} accepts POST only", code="method_not_allowed")
                 await send_json(send, 405, error.body(), [(b"allow", b"POST")])
-        else:
-            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "http" and self.auth is not None:
+            try:
+                principal = self.auth.admit(scope["method"], scope["path"], scope["headers"])
+            except ServiceError as exc:
+                await send_json(send, exc.status, exc.body(), [(k.lower().encode(), v.encode())
+                                                                for k, v in exc.headers().items()])
+                return
+            scope.setdefault("state", {})["principal"] = principal  # request.state.principal
+        await self.app(scope, receive, send)
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         began = time.perf_counter()
@@ -140,6 +150,7 @@ class OpenAIEndpoint:
 
         try:
             body = await read_body(receive, declared, self.body_limit)
+            principal = self.auth.admit("POST", route, scope["headers"]) if self.auth is not None else None
         except ServiceError as exc:
             await self._error(send, exc, request_id)
             return
@@ -167,6 +178,9 @@ class OpenAIEndpoint:
             try:
                 payload = parse_request(body, ROUTES[route])
                 target = self.registry.resolve(payload["model"], route)
+                if principal is not None:
+                    adapter = target.adapter.name if target.adapter is not None else None
+                    principal.require_model(payload["model"], target.model_id, adapter, self.registry.canonical)
                 keep_alive = payload.pop("keep_alive", None)
                 if payload["model"] != target.upstream or keep_alive is not None:
                     payload["model"] = target.upstream

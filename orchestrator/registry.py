@@ -48,6 +48,10 @@ class Registry:
         if self.adapters is not None:
             self.adapters.update(config)
 
+    def canonical(self, name: str) -> str:
+        """The model id a name or alias stands for; other names as they are."""
+        return self.names.get(name, name)
+
     def resolve(self, name: str, route: str) -> Target:
         model_id = self.names.get(name)
         adapter = self.adapters.get(name) if model_id is None and self.adapters is not None else None

@@ -10,12 +10,16 @@
 #   embeddings the real all-MiniLM-L6-v2 in the embeddings engine: requests/s at
 #              concurrency 1 and 32 with dynamic batching on and off, short
 #              queries and longer passages (tests/bench/bench_embeddings.py)
+#   gateway    what API-key auth adds: two orchestrators, auth off and on, same
+#              upstream, alternating rounds; p50/p99 at concurrency 1 and 16
+#              (tests/bench/bench_gateway.py)
 #
 #   scripts/bench.sh                      every suite, with its defaults
 #   scripts/bench.sh proxy [OPTIONS]      [--json results.json] [--scale 0.5] [--only SCENARIO] [--strict]
 #   scripts/bench.sh scheduler [OPTIONS]  [--json results.json] [--scale 0.5] [--only decision|swap|mixed]
 #                                         [--duration S] [--clients N] [--strict]
 #   scripts/bench.sh embeddings [OPTIONS] [--json results.json] [--requests N] [--strict]
+#   scripts/bench.sh gateway [OPTIONS]    [--json results.json] [--rounds N] [--requests N] [--strict]
 #   scripts/bench.sh --help | SUITE --help
 #
 # The options after a suite word go to that suite's script. Options without a
@@ -36,7 +40,8 @@ suite_script() {
     proxy) echo tests/bench/bench_proxy.py ;;
     scheduler) echo tests/bench/bench_scheduler.py ;;
     embeddings) echo tests/bench/bench_embeddings.py ;;
-    *) die "unknown benchmark suite '$1' (proxy, scheduler or embeddings)" ;;
+    gateway) echo tests/bench/bench_gateway.py ;;
+    *) die "unknown benchmark suite '$1' (proxy, scheduler, embeddings or gateway)" ;;
   esac
 }
 
@@ -44,12 +49,12 @@ if [ "$#" -eq 0 ]; then
   [ -x "$ORCH_PY" ] || die "no Python at $ORCH_PY: run ./scripts/install.sh first, or set MODELYARD_BENCH_PYTHON"
   cd "$ROOT"
   status=0
-  for suite in proxy scheduler embeddings; do
+  for suite in proxy scheduler embeddings gateway; do
     say "benchmark suite: $suite"
     rc=0
     "$ORCH_PY" "$(suite_script "$suite")" || rc=$?
     [ "$status" -ne 0 ] || status=$rc
-    [ "$suite" = embeddings ] || echo
+    [ "$suite" = gateway ] || echo
   done
   exit "$status"
 fi

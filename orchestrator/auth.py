@@ -1,0 +1,129 @@
+"""Who is asking, and may they: API keys, roles, scopes, per-model access.
+
+With `settings.auth.enabled`, every request carries a key, as
+`Authorization: Bearer <key>` (what OpenAI clients send) or `x-api-key`, or
+with settings.auth.jwt a JWT as the bearer token (jwt_auth.py). 401: no
+credential, a malformed, unknown, expired or revoked one (the code says
+which); 403: a valid one whose role and scopes do not cover the route, or
+whose model list does not hold the model asked for.
+
+Roles nest, admin > member > viewer; a key's explicit scopes add to its
+role's. Open without a key: /health, /ready (probes), /files/ (the URL's
+signature is the credential) and the API schema and docs.
+
+With auth off nothing is checked: whoever reaches the port may do anything,
+so the orchestrator then listens on loopback only, unless
+settings.auth.insecure_public says otherwise (orchestrator/__main__.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from core.errors import ServiceError
+from orchestrator.keys import ApiKey, KeyRejected, KeyStore
+
+SCOPES = ("models:read", "inference", "metrics:read", "admin:read", "admin:models", "admin:keys")
+ROLE_SCOPES: dict[str, frozenset[str]] = {
+    "viewer": frozenset({"models:read"}),
+    "member": frozenset({"models:read", "inference"}),
+    "admin": frozenset(SCOPES),
+}
+OPEN_PATHS = frozenset({"/health", "/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+OPEN_PREFIXES = ("/files/",)
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    role: str
+    scopes: frozenset[str]
+    models: frozenset[str] | None = None  # None: every model
+    key_id: str | None = None  # an API key's id, or jwt:<subject>
+    tenant: str | None = None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> Principal:
+        scopes = ROLE_SCOPES[key.role] | frozenset(key.scopes)
+        models = None if key.models is None else frozenset(key.models)
+        return cls(name=key.name, role=key.role, scopes=scopes, models=models, key_id=key.id)
+
+    def require(self, scope: str) -> None:
+        if scope not in self.scopes:
+            raise ServiceError(403, f"the credential {self.key_id} ({self.role}) lacks the scope '{scope}' this "
+                               "route needs", code="insufficient_scope")
+
+    def may_use(self, model_id: str, adapter: str | None, canonical: Callable[[str], str]) -> bool:
+        """Whether the key may use model_id (and the adapter on it). A listed
+        alias stands for its model; a listed base model covers its adapters."""
+        if self.models is None:
+            return True
+        if adapter is not None and adapter in self.models:
+            return True
+        return any(canonical(name) == model_id for name in self.models)
+
+    def require_model(self, name: str, model_id: str, adapter: str | None, canonical: Callable[[str], str]) -> None:
+        if not self.may_use(model_id, adapter, canonical):
+            raise ServiceError(403, f"the credential {self.key_id} may not use the model '{name}'",
+                               code="model_not_allowed", param="model")
+
+
+def required_scope(method: str, path: str) -> str | None:
+    """The scope a route needs; None for the open ones."""
+    if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+        return None
+    if path.startswith("/admin/keys"):
+        return "admin:keys"
+    if path.startswith("/admin/"):
+        return "admin:read" if method in ("GET", "HEAD") else "admin:models"
+    if path == "/metrics":
+        return "metrics:read"
+    if path == "/v1/models" or path.startswith("/v1/models/"):
+        return "models:read"
+    return "inference"
+
+
+def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The key from `Authorization: Bearer` or `x-api-key`; 401 for another scheme."""
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, credential = value.decode("latin-1").strip().partition(" ")
+            if scheme.lower() != "bearer" or not credential.strip():
+                raise ServiceError(401, "the Authorization header must be 'Bearer <API key>'", code="invalid_api_key")
+            return credential.strip()
+        if name == b"x-api-key":
+            return value.decode("latin-1").strip()
+    return None
+
+
+class Authenticator:
+    """Installed only with settings.auth.enabled; without it nothing is checked.
+    jwt: with settings.auth.jwt, what turns a JWT (three dot-separated parts)
+    into a principal, raising KeyRejected (orchestrator/jwt_auth.py)."""
+
+    def __init__(self, keys: KeyStore, jwt: Callable[[str], Principal] | None = None) -> None:
+        self.keys = keys
+        self.jwt = jwt
+
+    def authenticate(self, headers: Iterable[tuple[bytes, bytes]]) -> Principal:
+        """The principal behind a request's headers; 401 when there is none."""
+        presented = presented_key(headers)
+        if not presented:
+            raise ServiceError(401, "an API key is required: send 'Authorization: Bearer <key>' or 'x-api-key'",
+                               code="missing_api_key")
+        try:
+            if self.jwt is not None and presented.count(".") == 2:
+                return self.jwt(presented)
+            return Principal.of(self.keys.verify(presented))
+        except KeyRejected as exc:
+            raise ServiceError(401, exc.message, code=exc.code) from None
+
+    def admit(self, method: str, path: str, headers: Iterable[tuple[bytes, bytes]]) -> Principal | None:
+        """The principal, checked against the route's scope (401, 403); None for open routes."""
+        scope = required_scope(method, path)
+        if scope is None:
+            return None
+        principal = self.authenticate(headers)
+        principal.require(scope)
+        return principal

@@ -1,0 +1,215 @@
+"""API keys: made once, stored only as a hash, looked up by their id.
+
+A key reads `my-<id>-<secret>`: 12 hex characters of id (the primary key of
+its row, safe to show and log) and 43 of secret. The database
+(<state>/keys.db) holds the SHA-256 of the whole key, never the key: keys are
+random and long, so a fast hash is enough (a slow one is for passwords).
+
+Every key has a name, an optional owner, a role (viewer, member, admin),
+extra scopes, an optional list of the models it may use, an optional expiry,
+and once revoked, when. Rotation makes a new key with the same settings and
+ends the old one now or after a grace period.
+
+The orchestrator keeps every key in memory and notices rows written by
+another process (the `python -m orchestrator.keys` CLI) within a second, via
+sqlite's data_version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from core.storage import open_database
+
+KEY_PREFIX = "my-"
+_KEY = re.compile(r"^my-([0-9a-f]{12})-([A-Za-z0-9_-]{43})$")
+ROLES = ("viewer", "member", "admin")
+REFRESH_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    name: str
+    role: str
+    scopes: tuple[str, ...] = ()
+    models: tuple[str, ...] | None = None  # None: every model
+    owner: str | None = None
+    created: float = 0.0
+    expires: float | None = None
+    revoked: float | None = None
+    replaced_by: str | None = None
+    hash: str = ""
+
+    def state(self, now: float | None = None) -> str:
+        now = time.time() if now is None else now
+        if self.revoked is not None and self.revoked <= now:
+            return "revoked"
+        if self.expires is not None and self.expires <= now:
+            return "expired"
+        return "active"
+
+    def public(self) -> dict[str, Any]:
+        """What the admin API and the CLI show: everything but the hash."""
+        shown = asdict(self)
+        del shown["hash"]
+        shown["scopes"], shown["models"] = list(self.scopes), None if self.models is None else list(self.models)
+        shown["state"] = self.state()
+        return shown
+
+
+class KeyRejected(Exception):
+    """A presented key that is not a usable one; code says which way."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _create_table(db: sqlite_utils.Database) -> None:
+    db["api_keys"].create(
+        {"id": str, "hash": str, "name": str, "owner": str, "role": str, "scopes": str, "models": str,
+         "created": float, "expires": float, "revoked": float, "replaced_by": str},
+        pk="id",
+        not_null={"hash", "name", "role", "scopes", "created"},
+    )
+
+
+MIGRATIONS = [_create_table]
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _row(key: ApiKey) -> dict[str, Any]:
+    row = asdict(key)
+    row["scopes"] = json.dumps(list(key.scopes))
+    row["models"] = None if key.models is None else json.dumps(list(key.models))
+    return row
+
+
+def _from_row(row: dict[str, Any]) -> ApiKey:
+    models = json.loads(row["models"]) if row["models"] is not None else None
+    return ApiKey(
+        id=row["id"], name=row["name"], role=row["role"], scopes=tuple(json.loads(row["scopes"])),
+        models=None if models is None else tuple(models), owner=row["owner"], created=row["created"],
+        expires=row["expires"], revoked=row["revoked"], replaced_by=row["replaced_by"], hash=row["hash"],
+    )
+
+
+class KeyStore:
+    def __init__(self, path: Path) -> None:
+        self.db = open_database(path, MIGRATIONS)
+        self._keys: dict[str, ApiKey] = {}
+        self._version = -1
+        self._checked = 0.0
+        self.refresh()
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def refresh(self) -> None:
+        """Re-read the keys if another connection changed them."""
+        version = self.db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._version:
+            self._keys = {row["id"]: _from_row(row) for row in self.db["api_keys"].rows}
+            self._version = version
+        self._checked = time.monotonic()
+
+    def _fresh(self) -> None:
+        if time.monotonic() - self._checked >= REFRESH_SECONDS:
+            self.refresh()
+
+    # --- reading ------------------------------------------------------------
+
+    def all(self) -> list[ApiKey]:
+        self._fresh()
+        return sorted(self._keys.values(), key=lambda key: key.created)
+
+    def get(self, key_id: str) -> ApiKey | None:
+        self._fresh()
+        return self._keys.get(key_id)
+
+    def verify(self, presented: str, now: float | None = None) -> ApiKey:
+        """The active key presented; KeyRejected saying why not."""
+        match = _KEY.match(presented)
+        if match is None:
+            raise KeyRejected("invalid_api_key", "the API key is malformed: modelyard keys look like my-<id>-<secret>")
+        self._fresh()
+        key = self._keys.get(match.group(1))
+        # compare_digest even for an unknown id: the answer's timing says nothing either way.
+        if not hmac.compare_digest(key.hash if key else "0" * 64, hash_key(presented)) or key is None:
+            raise KeyRejected("invalid_api_key", "the API key is not valid")
+        state = key.state(now)
+        if state == "revoked":
+            raise KeyRejected("revoked_api_key", f"the API key {key.id} was revoked")
+        if state == "expired":
+            raise KeyRejected("expired_api_key", f"the API key {key.id} has expired")
+        return key
+
+    # --- writing ------------------------------------------------------------
+
+    def create(
+        self,
+        name: str,
+        role: str = "member",
+        scopes: tuple[str, ...] = (),
+        models: tuple[str, ...] | None = None,
+        owner: str | None = None,
+        expires: float | None = None,
+    ) -> tuple[ApiKey, str]:
+        """A new key and its secret form, which is shown once and never stored."""
+        if role not in ROLES:
+            raise ValueError(f"role {role!r} is not one of {', '.join(ROLES)}")
+        while True:
+            key_id = secrets.token_hex(6)
+            if key_id not in self._keys and self.db["api_keys"].count_where("id = ?", [key_id]) == 0:
+                break
+        secret = f"{KEY_PREFIX}{key_id}-{secrets.token_urlsafe(32)}"
+        key = ApiKey(id=key_id, name=name, role=role, scopes=tuple(scopes), models=models, owner=owner,
+                     created=time.time(), expires=expires, hash=hash_key(secret))
+        with self.db.conn:
+            self.db["api_keys"].insert(_row(key))
+        self._keys[key_id] = key
+        return key, secret
+
+    def revoke(self, key_id: str, when: float | None = None) -> ApiKey:
+        """Revoke key_id now (or at `when`); KeyError if there is no such key."""
+        key = self.get(key_id)
+        if key is None:
+            raise KeyError(key_id)
+        when = time.time() if when is None else when
+        if key.revoked is None or key.revoked > when:
+            key = replace(key, revoked=when)
+            with self.db.conn:
+                self.db["api_keys"].update(key_id, {"revoked": when})
+            self._keys[key_id] = key
+        return key
+
+    def rotate(self, key_id: str, grace: float = 0.0) -> tuple[ApiKey, str, ApiKey]:
+        """A new key with key_id's settings; the old one ends after `grace` seconds.
+        Returns (new key, its secret, the old key as it is now)."""
+        old = self.get(key_id)
+        if old is None:
+            raise KeyError(key_id)
+        if old.state() != "active":
+            raise ValueError(f"key {key_id} is {old.state()}; only an active key can be rotated")
+        new, secret = self.create(old.name, old.role, old.scopes, old.models, old.owner, old.expires)
+        old = self.revoke(key_id, time.time() + grace)
+        old = replace(old, replaced_by=new.id)
+        with self.db.conn:
+            self.db["api_keys"].update(key_id, {"replaced_by": new.id})
+        self._keys[key_id] = old
+        return new, secret, old
