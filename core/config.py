@@ -210,6 +210,10 @@ class ModelConfig(_Strict):
         256, ge=0, description="Requests allowed to wait for a concurrency slot; beyond it, 429."
     )
     pinned: bool = Field(False, description="Never evicted to make room for another model.")
+    rpm: float | None = Field(
+        None, gt=0, description="Requests per minute this model accepts from all clients together (a token bucket "
+        "holding one second's worth); beyond it, 429 rate_limited. Null: no limit."
+    )
     lora: LoraConfig | None = Field(
         None, description="Engine vllm: serve LoRA adapters of this model, each under a model name of its own."
     )
@@ -305,8 +309,8 @@ class AuthSettings(_Strict):
     """`settings.auth`: who may use the endpoint (orchestrator/auth.py, docs/SECURITY.md)."""
 
     enabled: bool = Field(
-        False, description="Every request but /health, /ready and signed file URLs needs an API key "
-        "(Authorization: Bearer, or x-api-key). Off: whoever reaches the port may do anything."
+        False, description="Every request but /health, /ready, signed file URLs and the API docs needs an API "
+        "key (Authorization: Bearer, or x-api-key) or a JWT. Off: whoever reaches the port may do anything."
     )
     insecure_public: bool = Field(
         False, description="Listen on an address other than loopback with auth off. Without this the "

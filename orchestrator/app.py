@@ -35,6 +35,7 @@ from orchestrator.footprints import Footprints
 from orchestrator.jwt_auth import JwtVerifier
 from orchestrator.keys import KeyStore
 from orchestrator.keys_api import build_keys_router
+from orchestrator.limits import Limiter, RequestQuotas
 from orchestrator.metrics import SchedulerCollector, SchedulerMetrics
 from orchestrator.proxy import Proxy
 from orchestrator.registry import Registry
@@ -59,6 +60,7 @@ def create_app(
     )
     registry = Registry(config, adapters)
     keys = KeyStore(config.state_path() / "keys.db")
+    quotas = RequestQuotas(keys.db)
     if config.settings.auth.enabled and not any(k.role == "admin" and k.state() == "active" for k in keys.all()):
         log_event(log, "auth is on and no active admin key exists; make one with: python -m orchestrator.keys_cli "
                   "create --name NAME --role admin", logging.WARNING)
@@ -80,10 +82,13 @@ def create_app(
         await scheduler.start()
         await proxy.start()
         cleaner = asyncio.create_task(files.clean_forever())
+        counter = asyncio.create_task(quotas.flush_forever())
         app.state.ready = True
         yield
         app.state.ready = False
         cleaner.cancel()
+        counter.cancel()
+        quotas.flush()
         await scheduler.shutdown()
         await proxy.close()
         await adapters.close()
@@ -183,6 +188,7 @@ def create_app(
     app.openapi = openapi  # type: ignore[method-assign]
     endpoint = OpenAIEndpoint(app, registry, scheduler, proxy, body_limit_of(config))
     endpoint.files = files
+    endpoint.limiter = Limiter(quotas)
     if config.settings.auth.enabled:
         jwt_settings = config.settings.auth.jwt
         endpoint.auth = Authenticator(keys, JwtVerifier(jwt_settings).verify if jwt_settings else None)

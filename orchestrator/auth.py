@@ -42,12 +42,17 @@ class Principal:
     models: frozenset[str] | None = None  # None: every model
     key_id: str | None = None  # an API key's id, or jwt:<subject>
     tenant: str | None = None
+    rpm: float | None = None  # the key's rate limit (orchestrator/limits.py)
+    quota: tuple[int, str] | None = None  # the key's request quota: (requests, "day" or "month")
+    quota_id: str | None = None  # what its quota is counted under: the key's lineage
 
     @classmethod
     def of(cls, key: ApiKey) -> Principal:
         scopes = ROLE_SCOPES[key.role] | frozenset(key.scopes)
         models = None if key.models is None else frozenset(key.models)
-        return cls(name=key.name, role=key.role, scopes=scopes, models=models, key_id=key.id)
+        quota = (key.quota_requests, key.quota_period or "day") if key.quota_requests is not None else None
+        return cls(name=key.name, role=key.role, scopes=scopes, models=models, key_id=key.id, rpm=key.rpm,
+                   quota=quota, quota_id=key.lineage)
 
     def require(self, scope: str) -> None:
         if scope not in self.scopes:
@@ -70,18 +75,21 @@ class Principal:
 
 
 def required_scope(method: str, path: str) -> str | None:
-    """The scope a route needs; None for the open ones."""
+    """The scope a route needs; None for the open ones. Paths it does not
+    know (they answer 404, or redirect a trailing slash) need the strictest."""
     if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
         return None
-    if path.startswith("/admin/keys"):
+    if path == "/admin/keys" or path.startswith("/admin/keys/"):
         return "admin:keys"
     if path.startswith("/admin/"):
         return "admin:read" if method in ("GET", "HEAD") else "admin:models"
     if path == "/metrics":
         return "metrics:read"
-    if path == "/v1/models" or path.startswith("/v1/models/"):
+    if path == "/v1/models":
         return "models:read"
-    return "inference"
+    if path.startswith("/v1/"):
+        return "inference"  # the OpenAI routes (endpoint.py handles them itself)
+    return "admin:keys"
 
 
 def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:

@@ -36,8 +36,9 @@ from core.protocol import (
     PredictRequest,
     parse_keep_alive,
 )
-from orchestrator.auth import Authenticator
+from orchestrator.auth import Authenticator, Principal
 from orchestrator.files import SignedFiles, base_url
+from orchestrator.limits import Limiter
 from orchestrator.progress import AfterHeaders, acquire_with_progress
 from orchestrator.proxy import Proxy, send_json
 from orchestrator.registry import Registry, Target
@@ -116,6 +117,7 @@ class OpenAIEndpoint:
         self.reload: Any = None  # app.py's reload(drain): re-read models.yaml
         self.files: SignedFiles | None = None  # signs generated files' URLs in answers
         self.auth: Authenticator | None = None  # API keys and what they may do; None: everyone may
+        self.limiter = Limiter(None)  # rate limits and quotas (app.py gives it keys.db for quotas)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] in ROUTES:
@@ -124,6 +126,9 @@ class OpenAIEndpoint:
             else:
                 error = ServiceError(405, f"{scope['path']} accepts POST only", code="method_not_allowed")
                 await send_json(send, 405, error.body(), [(b"allow", b"POST")])
+            return
+        if scope["type"] == "websocket" and self.auth is not None:
+            await send({"type": "websocket.close", "code": 1008})  # no websocket route exists; none passes unchecked
             return
         if scope["type"] == "http" and self.auth is not None:
             try:
@@ -149,8 +154,9 @@ class OpenAIEndpoint:
             request_id = os.urandom(16).hex().encode()
 
         try:
-            body = await read_body(receive, declared, self.body_limit)
+            # The credential first: a body from someone without one is not worth reading.
             principal = self.auth.admit("POST", route, scope["headers"]) if self.auth is not None else None
+            body = await read_body(receive, declared, self.body_limit)
         except ServiceError as exc:
             await self._error(send, exc, request_id)
             return
@@ -177,10 +183,10 @@ class OpenAIEndpoint:
         try:
             try:
                 payload = parse_request(body, ROUTES[route])
+                if principal is not None:  # before resolving: a limited key learns nothing of other models
+                    self._require_model(principal, payload["model"])
                 target = self.registry.resolve(payload["model"], route)
-                if principal is not None:
-                    adapter = target.adapter.name if target.adapter is not None else None
-                    principal.require_model(payload["model"], target.model_id, adapter, self.registry.canonical)
+                self.limiter.admit(principal, target.model_id, target.model.rpm)
                 keep_alive = payload.pop("keep_alive", None)
                 if payload["model"] != target.upstream or keep_alive is not None:
                     payload["model"] = target.upstream
@@ -231,6 +237,13 @@ class OpenAIEndpoint:
                 lease.release()
                 raise
         return lease
+
+    def _require_model(self, principal: Principal, name: str) -> None:
+        """403 unless the principal may use the model (or adapter) called name."""
+        adapter = self.registry.adapters.get(name) if self.registry.adapters is not None else None
+        model_id = adapter.base if adapter is not None else self.registry.canonical(name)
+        principal.require_model(name, model_id, adapter.name if adapter is not None else None,
+                                self.registry.canonical)
 
     def _answer_transform(self, scope: dict[str, Any]) -> Callable[[bytes], bytes] | None:
         """For answers that may name generated files: sign their URLs."""

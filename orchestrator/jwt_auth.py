@@ -6,14 +6,15 @@ Only those algorithms are accepted for the configured key source, so neither
 `alg: none` nor an HS256 token signed with a public key gets through. exp and
 aud are required; iss is checked when configured; nbf and iat when present.
 
-Claims become the request's principal: the role claim (viewer, member, admin;
-default_role when absent), extra scopes (a space-separated string as OAuth
+Claims become the request's principal: the role claim (viewer, member, admin,
+or a list of roles meaning the highest of them; default_role when absent), extra scopes (a space-separated string as OAuth
 writes it, or a list; scopes modelyard does not know, such as openid, are
 ignored), the models it may use, and its tenant.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -45,10 +46,10 @@ class JwtVerifier:
         else:
             path = Path(settings.jwks_file or "")
             try:
-                self.jwks = jwt.PyJWKSet.from_json(path.read_text())
+                self.jwks = public_jwks(path.read_text())
             except OSError as exc:
                 raise ValueError(f"settings.auth.jwt.jwks_file: cannot read {path}: {exc.strerror}") from None
-            except (jwt.PyJWKSetError, jwt.PyJWKError, ValueError) as exc:
+            except (jwt.PyJWKSetError, jwt.PyJWKError, ValueError, AttributeError) as exc:
                 raise ValueError(f"settings.auth.jwt.jwks_file: {path} is not a usable JWKS: {exc}") from None
             self.algorithms = PUBLIC_KEY_ALGORITHMS
 
@@ -63,7 +64,7 @@ class JwtVerifier:
         for key in self.jwks.keys:
             if key.key_id == kid:
                 return key
-        raise KeyRejected("invalid_token", f"the token's key id {kid!r} is not in the JWKS file")
+        raise KeyRejected("invalid_token", f"the token's key id {str(kid)[:64]!r} is not in the JWKS file")
 
     def verify(self, token: str) -> Principal:
         """The principal a valid token stands for; KeyRejected saying why not."""
@@ -71,20 +72,45 @@ class JwtVerifier:
         try:
             claims = jwt.decode(
                 token, self._key(token), algorithms=self.algorithms, audience=settings.audience,
-                issuer=settings.issuer, leeway=settings.leeway, options={"require": ["exp", "aud"]},
+                issuer=settings.issuer, leeway=settings.leeway,
+                options={"require": ["exp", "aud"], "enforce_minimum_key_length": True},
             )
         except jwt.ExpiredSignatureError:
             raise KeyRejected("expired_token", "the token has expired") from None
-        except jwt.InvalidTokenError as exc:
+        except jwt.PyJWTError as exc:  # InvalidTokenError, and InvalidKeyError for a weak key among them
             raise KeyRejected("invalid_token", f"the token is not valid: {exc}") from None
         return principal_of(claims, settings)
 
 
-def principal_of(claims: dict[str, Any], settings: JwtSettings) -> Principal:
-    role = claims.get(settings.role_claim, settings.default_role)
-    if role not in ROLE_SCOPES:
-        raise KeyRejected("invalid_token", f"the token's {settings.role_claim} claim {role!r} is not one of "
+def public_jwks(text: str) -> jwt.PyJWKSet:
+    """The JWKS's keys, which must all be public RSA or EC keys (a private or
+    symmetric key in a file of public keys is a mistake to stop at)."""
+    data = json.loads(text)
+    keys = data.get("keys") if isinstance(data, dict) else None
+    if not isinstance(keys, list) or not keys:
+        raise ValueError("no \"keys\" list")
+    for key in keys:
+        if not isinstance(key, dict) or key.get("kty") not in ("RSA", "EC") or "d" in key:
+            raise ValueError("only public RSA and EC keys belong in it (found a private, symmetric or unknown key)")
+        if not key.get("kid"):
+            raise ValueError("every key needs a kid: tokens name their key by it")
+    return jwt.PyJWKSet(keys)
+
+
+def role_of(claim: Any, settings: JwtSettings) -> str:
+    """The role a claim names: a string, or a list (as many identity providers
+    send roles) meaning its highest known role."""
+    names = claim if isinstance(claim, list) else [claim]
+    known = [name for name in names if isinstance(name, str) and name in ROLE_SCOPES]
+    if not known:
+        shown = json.dumps(claim)[:100]
+        raise KeyRejected("invalid_token", f"the token's {settings.role_claim} claim {shown} names none of "
                           f"{', '.join(ROLE_SCOPES)}")
+    return max(known, key=list(ROLE_SCOPES).index)
+
+
+def principal_of(claims: dict[str, Any], settings: JwtSettings) -> Principal:
+    role = role_of(claims.get(settings.role_claim, settings.default_role), settings)
     granted = claims.get(settings.scopes_claim) or []
     if isinstance(granted, str):
         granted = granted.split()

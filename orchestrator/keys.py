@@ -7,12 +7,14 @@ random and long, so a fast hash is enough (a slow one is for passwords).
 
 Every key has a name, an optional owner, a role (viewer, member, admin),
 extra scopes, an optional list of the models it may use, an optional expiry,
-and once revoked, when. Rotation makes a new key with the same settings and
+optional limits (requests per minute, requests per day or month:
+orchestrator/limits.py) and once revoked, when. Rotation makes a new key with the same settings and
 ends the old one now or after a grace period.
 
 The orchestrator keeps every key in memory and notices rows written by
-another process (the `python -m orchestrator.keys` CLI) within a second, via
-sqlite's data_version.
+another process (the `python -m orchestrator.keys_cli` CLI) within a second,
+via sqlite's data_version. Writes go to the database first, in statements
+that cannot undo another process's revocation.
 """
 
 from __future__ import annotations
@@ -23,17 +25,19 @@ import json
 import re
 import secrets
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
 from core.storage import open_database
+from orchestrator.limits import create_quota_table
 
 KEY_PREFIX = "my-"
 _KEY = re.compile(r"^my-([0-9a-f]{12})-([A-Za-z0-9_-]{43})$")
 ROLES = ("viewer", "member", "admin")
+QUOTA_PERIODS = ("day", "month")
 REFRESH_SECONDS = 1.0
 
 
@@ -49,6 +53,10 @@ class ApiKey:
     expires: float | None = None
     revoked: float | None = None
     replaced_by: str | None = None
+    rpm: float | None = None  # requests per minute (orchestrator/limits.py); None: no limit
+    quota_requests: int | None = None  # requests per quota_period; None: no quota
+    quota_period: str | None = None  # "day" or "month" (UTC)
+    lineage: str = ""  # the first key of its rotations: quotas count per lineage, not per key
     hash: str = ""
 
     def state(self, now: float | None = None) -> str:
@@ -86,7 +94,16 @@ def _create_table(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = [_create_table]
+def _add_limits(db: sqlite_utils.Database) -> None:
+    db["api_keys"].add_column("rpm", float)
+    db["api_keys"].add_column("quota_requests", int)
+    db["api_keys"].add_column("quota_period", str)
+    db["api_keys"].add_column("lineage", str)
+    db.execute("UPDATE api_keys SET lineage = id")
+    create_quota_table(db)
+
+
+MIGRATIONS = [_create_table, _add_limits]
 
 
 def hash_key(key: str) -> str:
@@ -105,7 +122,9 @@ def _from_row(row: dict[str, Any]) -> ApiKey:
     return ApiKey(
         id=row["id"], name=row["name"], role=row["role"], scopes=tuple(json.loads(row["scopes"])),
         models=None if models is None else tuple(models), owner=row["owner"], created=row["created"],
-        expires=row["expires"], revoked=row["revoked"], replaced_by=row["replaced_by"], hash=row["hash"],
+        expires=row["expires"], revoked=row["revoked"], replaced_by=row["replaced_by"], rpm=row["rpm"],
+        quota_requests=row["quota_requests"], quota_period=row["quota_period"], lineage=row["lineage"] or row["id"],
+        hash=row["hash"],
     )
 
 
@@ -161,6 +180,43 @@ class KeyStore:
 
     # --- writing ------------------------------------------------------------
 
+    def _new(
+        self,
+        name: str,
+        role: str,
+        scopes: tuple[str, ...],
+        models: tuple[str, ...] | None,
+        owner: str | None,
+        expires: float | None,
+        rpm: float | None,
+        quota: tuple[int, str] | None,
+        lineage: str | None,
+    ) -> tuple[ApiKey, str]:
+        if role not in ROLES:
+            raise ValueError(f"role {role!r} is not one of {', '.join(ROLES)}")
+        if quota is not None and (quota[0] < 0 or quota[1] not in QUOTA_PERIODS):
+            raise ValueError(f"quota {quota}: a count of at least 0 per {' or '.join(QUOTA_PERIODS)}")
+        key_id = secrets.token_hex(6)  # 48 bits: a clash is refused by the primary key, not silently merged
+        secret = f"{KEY_PREFIX}{key_id}-{secrets.token_urlsafe(32)}"
+        key = ApiKey(id=key_id, name=name, role=role, scopes=tuple(scopes), models=models, owner=owner,
+                     created=time.time(), expires=expires, rpm=rpm, quota_requests=quota[0] if quota else None,
+                     quota_period=quota[1] if quota else None, lineage=lineage or key_id, hash=hash_key(secret))
+        return key, secret
+
+    def _insert(self, key: ApiKey) -> None:
+        row = _row(key)
+        columns = ", ".join(row)
+        self.db.conn.execute(f"INSERT INTO api_keys ({columns}) VALUES ({', '.join('?' * len(row))})",
+                             list(row.values()))
+
+    def _reload(self, key_id: str) -> ApiKey | None:
+        rows = list(self.db["api_keys"].rows_where("id = ?", [key_id]))
+        if not rows:
+            self._keys.pop(key_id, None)
+            return None
+        key = self._keys[key_id] = _from_row(rows[0])
+        return key
+
     def create(
         self,
         name: str,
@@ -169,47 +225,55 @@ class KeyStore:
         models: tuple[str, ...] | None = None,
         owner: str | None = None,
         expires: float | None = None,
+        rpm: float | None = None,
+        quota: tuple[int, str] | None = None,
     ) -> tuple[ApiKey, str]:
-        """A new key and its secret form, which is shown once and never stored."""
-        if role not in ROLES:
-            raise ValueError(f"role {role!r} is not one of {', '.join(ROLES)}")
-        while True:
-            key_id = secrets.token_hex(6)
-            if key_id not in self._keys and self.db["api_keys"].count_where("id = ?", [key_id]) == 0:
-                break
-        secret = f"{KEY_PREFIX}{key_id}-{secrets.token_urlsafe(32)}"
-        key = ApiKey(id=key_id, name=name, role=role, scopes=tuple(scopes), models=models, owner=owner,
-                     created=time.time(), expires=expires, hash=hash_key(secret))
+        """A new key and its secret form, which is shown once and never stored.
+        quota: (requests, "day" or "month")."""
+        key, secret = self._new(name, role, scopes, models, owner, expires, rpm, quota, None)
         with self.db.conn:
-            self.db["api_keys"].insert(_row(key))
-        self._keys[key_id] = key
+            self._insert(key)
+        self._keys[key.id] = key
         return key, secret
 
     def revoke(self, key_id: str, when: float | None = None) -> ApiKey:
-        """Revoke key_id now (or at `when`); KeyError if there is no such key."""
-        key = self.get(key_id)
+        """Revoke key_id now (or at `when`, unless it was revoked earlier, by
+        anyone); KeyError if there is no such key."""
+        when = time.time() if when is None else when
+        with self.db.conn:  # one statement: an earlier revocation, say by the CLI meanwhile, stays
+            self.db.conn.execute("UPDATE api_keys SET revoked = MIN(COALESCE(revoked, ?), ?) WHERE id = ?",
+                                 [when, when, key_id])
+        key = self._reload(key_id)
         if key is None:
             raise KeyError(key_id)
-        when = time.time() if when is None else when
-        if key.revoked is None or key.revoked > when:
-            key = replace(key, revoked=when)
-            with self.db.conn:
-                self.db["api_keys"].update(key_id, {"revoked": when})
-            self._keys[key_id] = key
         return key
 
     def rotate(self, key_id: str, grace: float = 0.0) -> tuple[ApiKey, str, ApiKey]:
         """A new key with key_id's settings; the old one ends after `grace` seconds.
-        Returns (new key, its secret, the old key as it is now)."""
-        old = self.get(key_id)
-        if old is None:
-            raise KeyError(key_id)
-        if old.state() != "active":
-            raise ValueError(f"key {key_id} is {old.state()}; only an active key can be rotated")
-        new, secret = self.create(old.name, old.role, old.scopes, old.models, old.owner, old.expires)
-        old = self.revoke(key_id, time.time() + grace)
-        old = replace(old, replaced_by=new.id)
-        with self.db.conn:
-            self.db["api_keys"].update(key_id, {"replaced_by": new.id})
-        self._keys[key_id] = old
+        Returns (new key, its secret, the old key as it is now). One transaction,
+        which re-reads the old key first: a key revoked meanwhile (by another
+        process too) is not rotated, and a crash leaves both or neither."""
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")  # the write lock first: nobody changes the row between read and write
+        try:
+            old = self._reload(key_id)
+            if old is None:
+                raise KeyError(key_id)
+            if old.state() != "active":
+                raise ValueError(f"key {key_id} is {old.state()}; only an active key can be rotated")
+            quota = (old.quota_requests, old.quota_period or "day") if old.quota_requests is not None else None
+            new, secret = self._new(old.name, old.role, old.scopes, old.models, old.owner, old.expires, old.rpm,
+                                    quota, old.lineage)
+            self._insert(new)
+            until = time.time() + grace
+            conn.execute("UPDATE api_keys SET revoked = MIN(COALESCE(revoked, ?), ?), replaced_by = ? WHERE id = ?",
+                         [until, until, new.id, key_id])
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            self.refresh()
+            raise
+        self._keys[new.id] = new
+        old = self._reload(key_id)
+        assert old is not None
         return new, secret, old

@@ -1,6 +1,7 @@
 """Admin API for API keys (scope admin:keys): create, list, show, revoke, rotate.
 
-    POST   /admin/keys                {name, role, scopes, models, owner, expires_in | expires_at}
+    POST   /admin/keys                {name, role, scopes, models, owner, expires_in | expires_at, rpm,
+                                       quota: {requests, period: day | month}}
                                       -> 201 {"key": "my-...", ...}: the only time the key is shown
     GET    /admin/keys                -> {"keys": [...]}
     GET    /admin/keys/{id}
@@ -18,20 +19,44 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import ServiceError
-from orchestrator.auth import SCOPES
+from orchestrator.auth import ROLE_SCOPES, SCOPES, Principal
 from orchestrator.keys import KeyStore
 
 
-class KeyRequest(BaseModel):
+TEN_YEARS = 10 * 365 * 86400.0
+
+
+class Quota(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    requests: int = Field(ge=0, description="requests per period")
+    period: Literal["day", "month"] = "day"
+
+
+class KeyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     name: str = Field(min_length=1, max_length=200)
     role: Literal["viewer", "member", "admin"] = "member"
     scopes: list[Literal[SCOPES]] = Field(default_factory=list)  # type: ignore[valid-type]
     models: list[str] | None = Field(None, description="model ids or aliases it may use; null: every model")
     owner: str | None = Field(None, max_length=200)
-    expires_in: float | None = Field(None, gt=0, description="seconds from now")
+    expires_in: float | None = Field(None, gt=0, le=TEN_YEARS, description="seconds from now")
     expires_at: float | None = Field(None, gt=0, description="unix time")
+    rpm: float | None = Field(None, gt=0, description="requests per minute; null: no limit")
+    quota: Quota | None = Field(None, description="requests per UTC day or month; null: no quota")
+
+
+def within_reach(request: Request, role: str, scopes: list[str]) -> None:
+    """403 when the caller would make a key that may do more than the caller:
+    admin:keys lets a key mint keys up to its own scopes, not beyond."""
+    caller: Principal | None = getattr(request.state, "principal", None)
+    if caller is None:  # auth is off: the caller is whoever reached the port
+        return
+    beyond = sorted((ROLE_SCOPES[role] | set(scopes)) - caller.scopes)
+    if beyond:
+        raise ServiceError(403, f"a key with role {role} and these scopes could do more than yours: "
+                           f"{', '.join(beyond)}", code="insufficient_scope")
 
 
 def build_keys_router() -> APIRouter:
@@ -54,11 +79,16 @@ def build_keys_router() -> APIRouter:
         expires = time.time() + body.expires_in if body.expires_in is not None else body.expires_at
         if expires is not None and expires <= time.time():
             raise ServiceError(400, "expires_at is in the past", code="invalid_request", param="expires_at")
+        if expires is not None and expires > time.time() + TEN_YEARS:
+            raise ServiceError(400, "expires_at is more than ten years away; leave it out for a key that does not "
+                               "expire", code="invalid_request", param="expires_at")
+        within_reach(request, body.role, body.scopes)
         if body.models is not None and not all(name.strip() for name in body.models):
             raise ServiceError(400, "models: a model name must not be empty", code="invalid_request", param="models")
+        quota = (body.quota.requests, body.quota.period) if body.quota is not None else None
         key, secret = keys_of(request).create(body.name, body.role, tuple(body.scopes),
                                               None if body.models is None else tuple(body.models),
-                                              body.owner, expires)
+                                              body.owner, expires, body.rpm, quota)
         return {"key": secret, **key.public()}
 
     @router.get("")
@@ -80,7 +110,8 @@ def build_keys_router() -> APIRouter:
         request: Request, key_id: str, grace: float = Query(0.0, ge=0, le=30 * 86400)
     ) -> dict[str, Any]:
         store = keys_of(request)
-        found(store, key_id)
+        key = found(store, key_id)
+        within_reach(request, key.role, list(key.scopes))
         try:
             new, secret, old = store.rotate(key_id, grace)
         except ValueError as exc:

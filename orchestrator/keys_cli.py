@@ -3,7 +3,7 @@ in the state directory's keys.db (a running orchestrator notices within a
 second). This is how the first admin key is made.
 
     python -m orchestrator.keys_cli create --name NAME [--role admin|member|viewer] [--scope S]...
-        [--model ID]... [--owner WHO] [--expires-in 30d]
+        [--model ID]... [--owner WHO] [--expires-in 30d] [--rpm 60] [--quota 1000/day]
     python -m orchestrator.keys_cli list
     python -m orchestrator.keys_cli revoke ID
     python -m orchestrator.keys_cli rotate ID [--grace 1h]
@@ -26,7 +26,10 @@ from typing import Any
 from core.config import ROOT_DIR, ConfigError, load_config
 from core.protocol import parse_keep_alive
 from orchestrator.auth import SCOPES
-from orchestrator.keys import ROLES, ApiKey, KeyStore
+from orchestrator.keys import QUOTA_PERIODS, ROLES, ApiKey, KeyStore
+
+
+TEN_YEARS = 10 * 365 * 86400.0
 
 
 def duration(text: str) -> float:
@@ -38,9 +41,28 @@ def duration(text: str) -> float:
             seconds = parse_keep_alive(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    if not 0 < seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r}: give a positive duration such as 3600, 30m, 12h or 30d")
+    if not 0 < seconds <= TEN_YEARS:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive duration of at most ten years, such as 3600, "
+                                         "30m, 12h or 30d")
     return seconds
+
+
+def positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError("must be above 0")
+    return value
+
+
+def quota_of(text: str) -> tuple[int, str]:
+    """'1000/day' or '50000/month'."""
+    count, _, period = text.partition("/")
+    if not count.isdigit() or period not in QUOTA_PERIODS:
+        raise argparse.ArgumentTypeError(f"{text!r}: give requests per period, e.g. 1000/day or 50000/month")
+    return int(count), period
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -56,6 +78,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     create.add_argument("--model", action="append", help="a model it may use (repeatable; default: every model)")
     create.add_argument("--owner")
     create.add_argument("--expires-in", type=duration, help="e.g. 3600, 12h, 30d (default: never)")
+    create.add_argument("--rpm", type=positive, help="requests per minute (default: no limit)")
+    create.add_argument("--quota", type=quota_of, help="requests per UTC day or month, e.g. 1000/day (default: none)")
     commands.add_parser("list", help="every key, without secrets")
     revoke = commands.add_parser("revoke", help="end a key now")
     revoke.add_argument("id")
@@ -75,9 +99,14 @@ def open_store(args: argparse.Namespace) -> KeyStore:
 
 def describe(key: ApiKey) -> str:
     models = ",".join(key.models) if key.models is not None else "all models"
-    expires = time.strftime("%Y-%m-%d %H:%M", time.localtime(key.expires)) if key.expires else "never"
+    try:
+        expires = time.strftime("%Y-%m-%d %H:%M", time.localtime(key.expires)) if key.expires else "never"
+    except (OverflowError, OSError, ValueError):
+        expires = str(key.expires)
     scopes = f" +{','.join(key.scopes)}" if key.scopes else ""
-    return f"{key.id}  {key.state():8} {key.role:7}{scopes}  {key.name}  ({models}; expires {expires})"
+    limits = f"; {key.rpm:g}/min" if key.rpm else ""
+    limits += f"; {key.quota_requests}/{key.quota_period}" if key.quota_requests is not None else ""
+    return f"{key.id}  {key.state():8} {key.role:7}{scopes}  {key.name}  ({models}; expires {expires}{limits})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,20 +121,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "create":
             expires = time.time() + args.expires_in if args.expires_in else None
             models = tuple(args.model) if args.model else None
-            key, secret = store.create(args.name, args.role, tuple(args.scope), models, args.owner, expires)
+            key, secret = store.create(args.name, args.role, tuple(args.scope), models, args.owner, expires,
+                                       args.rpm, args.quota)
             output = {"key": secret, **key.public()}
-            text = f"{secret}\n(shown once) {describe(key)}"
+            lines = [secret, lambda: f"(shown once) {describe(key)}"]
         elif args.command == "list":
             keys = store.all()
             output = {"keys": [key.public() for key in keys]}
-            text = "\n".join(describe(key) for key in keys) or "no keys"
+            lines = [lambda: "\n".join(describe(key) for key in keys) or "no keys"]
         elif args.command == "revoke":
             key = store.revoke(args.id)
-            output, text = key.public(), f"revoked {describe(key)}"
+            output, lines = key.public(), [lambda: f"revoked {describe(key)}"]
         else:
             new, secret, old = store.rotate(args.id, args.grace or 0.0)
             output = {"key": secret, **new.public(), "replaces": old.public()}
-            text = f"{secret}\n(shown once) {describe(new)}\nreplaces {describe(old)}"
+            lines = [secret, lambda: f"(shown once) {describe(new)}", lambda: f"replaces {describe(old)}"]
     except KeyError:
         print(f"modelyard: no API key with id '{args.id}'", file=sys.stderr)
         return 1
@@ -114,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         store.close()
-    print(json.dumps(output, indent=2) if args.json else text)
+    if args.json:
+        print(json.dumps(output, indent=2))
+    else:  # the secret first: whatever happens next, it has been shown
+        for line in lines:
+            print(line() if callable(line) else line, flush=True)
     return 0
 
 

@@ -10,8 +10,9 @@
 #   embeddings the real all-MiniLM-L6-v2 in the embeddings engine: requests/s at
 #              concurrency 1 and 32 with dynamic batching on and off, short
 #              queries and longer passages (tests/bench/bench_embeddings.py)
-#   gateway    what API-key auth adds: two orchestrators, auth off and on, same
-#              upstream, alternating rounds; p50/p99 at concurrency 1 and 16
+#   gateway    what auth adds: three orchestrators (auth off, an API key with
+#              limits, a JWT), same upstream, alternating rounds; p50/p99 at
+#              concurrency 1 and 16
 #              (tests/bench/bench_gateway.py)
 #
 #   scripts/bench.sh                      every suite, with its defaults

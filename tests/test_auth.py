@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from orchestrator.keys import KeyStore
 from tests.conftest import ROOT, fake_model, wait_until
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
@@ -75,20 +76,26 @@ def setup(module_orchestrator, tmp_path_factory: pytest.TempPathFactory) -> Setu
     return Setup(orch, keys, ids)
 
 
-# (method, path, body, scope needed, model asked for)
+# (method, path, body, scope needed, model asked for, status once allowed)
 ROUTES = [
-    ("POST", "/v1/chat/completions", {"model": "chat", **CHAT}, "inference", "chat"),
-    ("POST", "/v1/chat/completions", {"model": "chat-alias", **CHAT}, "inference", "chat"),
-    ("POST", "/v1/completions", {"model": "other", "prompt": "hi"}, "inference", "other"),
-    ("POST", "/v1/embeddings", {"model": "emb", "input": "hi"}, "inference", "emb"),
-    ("GET", "/v1/models", None, "models:read", None),
-    ("GET", "/metrics", None, "metrics:read", None),
-    ("GET", "/admin/services", None, "admin:read", None),
-    ("POST", "/admin/services/chat/load", None, "admin:models", None),
-    ("GET", "/admin/keys", None, "admin:keys", None),
-    ("GET", "/health", None, None, None),
-    ("GET", "/ready", None, None, None),
-    ("GET", "/openapi.json", None, None, None),
+    ("POST", "/v1/chat/completions", {"model": "chat", **CHAT}, "inference", "chat", 200),
+    ("POST", "/v1/chat/completions", {"model": "chat-alias", **CHAT}, "inference", "chat", 200),
+    ("POST", "/v1/completions", {"model": "other", "prompt": "hi"}, "inference", "other", 200),
+    ("POST", "/v1/embeddings", {"model": "emb", "input": "hi"}, "inference", "emb", 200),
+    ("POST", "/v1/chat/completions", {"model": "nonexistent", **CHAT}, "inference", "nonexistent", 404),
+    ("GET", "/v1/models", None, "models:read", None, 200),
+    ("GET", "/metrics", None, "metrics:read", None, 200),
+    ("GET", "/admin/services", None, "admin:read", None, 200),
+    ("HEAD", "/admin/services", None, "admin:read", None, 405),
+    ("POST", "/admin/services/chat/load", None, "admin:models", None, 200),
+    ("GET", "/admin/keys", None, "admin:keys", None, 200),
+    ("GET", "/admin/keys/", None, "admin:keys", None, 307),  # FastAPI's redirect, only once allowed
+    ("OPTIONS", "/admin/keys", None, "admin:keys", None, 405),
+    ("GET", "//admin/keys", None, "admin:keys", None, 404),
+    ("GET", "/nowhere", None, "admin:keys", None, 404),  # unknown paths need the strictest scope
+    ("GET", "/health", None, None, None, 200),
+    ("GET", "/ready", None, None, None, 200),
+    ("GET", "/openapi.json", None, None, None, 200),
 ]
 SCOPES_OF = {
     "viewer": {"models:read"},
@@ -126,26 +133,26 @@ def headers_for(setup: Setup, who: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {setup.keys[who]}"}
 
 
-def expected(who: str, scope: str | None, model: str | None) -> tuple[int, str | None]:
+def expected(who: str, scope: str | None, model: str | None, allowed: int) -> tuple[int, str | None]:
     if scope is None:
-        return 200, None
+        return allowed, None
     if who in REJECTED:
         return 401, REJECTED[who]
     if scope not in SCOPES_OF[who]:
         return 403, "insufficient_scope"
     if who == "limited" and model not in (None, "chat"):
-        return 403, "model_not_allowed"
-    return 200, None
+        return 403, "model_not_allowed"  # even for a model that does not exist: nothing to learn
+    return allowed, None
 
 
 @pytest.mark.parametrize("who", WHO)
-@pytest.mark.parametrize(("method", "path", "body", "scope", "model"), ROUTES,
+@pytest.mark.parametrize(("method", "path", "body", "scope", "model", "allowed"), ROUTES,
                          ids=[f"{r[0]} {r[1]} {r[4] or ''}".strip() for r in ROUTES])
-def test_authorization_matrix(setup: Setup, who, method, path, body, scope, model) -> None:
+def test_authorization_matrix(setup: Setup, who, method, path, body, scope, model, allowed) -> None:
     response = setup.call(method, path, body, headers_for(setup, who))
-    status, code = expected(who, scope, model)
+    status, code = expected(who, scope, model, allowed)
     assert response.status_code == status, response.text
-    if code is not None:
+    if code is not None and method != "HEAD":
         assert response.json()["error"]["code"] == code
     if status == 401:
         assert response.headers["www-authenticate"].startswith("Bearer")
@@ -208,6 +215,48 @@ def test_bad_key_requests_are_400s(setup: Setup, body, param) -> None:
     response = setup.call("POST", "/admin/keys", body, headers_for(setup, "admin"))
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
+
+
+def test_admin_keys_cannot_mint_a_key_that_does_more_than_the_caller(setup: Setup) -> None:
+    admin = headers_for(setup, "admin")
+    minter = setup.call("POST", "/admin/keys", {"name": "minter", "role": "viewer", "scopes": ["admin:keys"]},
+                        admin).json()
+    mine = {"Authorization": f"Bearer {minter['key']}"}
+    up = setup.call("POST", "/admin/keys", {"name": "up", "role": "admin"}, mine)
+    assert up.status_code == 403 and up.json()["error"]["code"] == "insufficient_scope"
+    assert "admin:models" in up.json()["error"]["message"]
+    sideways = setup.call("POST", "/admin/keys", {"name": "side", "role": "viewer", "scopes": ["inference"]}, mine)
+    assert sideways.status_code == 403
+    assert setup.call("POST", "/admin/keys", {"name": "down", "role": "viewer"}, mine).status_code == 201
+    member = setup.call("POST", "/admin/keys", {"name": "m", "role": "member"}, admin).json()
+    assert setup.call("POST", f"/admin/keys/{member['id']}/rotate", None, mine).status_code == 403
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"name": "x", "expires_in": Infinity}', b'{"name": "x", "expires_in": NaN}',
+     b'{"name": "x", "expires_in": 1e12}', b'{"name": "x", "expires_at": 1e13}'],
+)
+def test_expiry_must_be_a_finite_time_within_ten_years(setup: Setup, body: bytes) -> None:
+    with setup.orch.client() as client:
+        response = client.post("/admin/keys", content=body,
+                                headers={**headers_for(setup, "admin"), "content-type": "application/json"})
+    assert response.status_code == 400, response.text
+
+
+def test_a_revocation_by_another_process_is_never_undone_by_a_rotation(tmp_path: Path) -> None:
+    api, cli = KeyStore(tmp_path / "keys.db"), KeyStore(tmp_path / "keys.db")
+    key, _ = api.create("k")  # both have seen it active
+    cli.refresh()
+    cli.revoke(key.id)
+    with pytest.raises(ValueError, match="is revoked"):
+        api.rotate(key.id, grace=3600)  # the API's cache still says active; the database does not
+    api.refresh()
+    assert api.get(key.id).state() == "revoked" and len(api.all()) == 1
+    later, _ = api.create("l")
+    cli.refresh()
+    cli.revoke(later.id)
+    assert api.revoke(later.id, time.time() + 3600).revoked <= time.time()  # an earlier revocation stays
 
 
 def test_unknown_keys_are_404s(setup: Setup) -> None:

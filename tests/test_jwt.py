@@ -64,6 +64,9 @@ def hs256(module_orchestrator) -> Any:
         ({"role": "member", "models": ["chat-alias"]}, "POST", "/v1/chat/completions", 200, None),
         ({"role": "member", "models": ["other"]}, "POST", "/v1/chat/completions", 403, "model_not_allowed"),
         ({"role": "root"}, "GET", "/v1/models", 401, "invalid_token"),
+        ({"role": ["viewer", "admin"]}, "GET", "/admin/services", 200, None),  # a list: its highest role
+        ({"role": [123]}, "GET", "/v1/models", 401, "invalid_token"),
+        ({"role": {"admin": True}}, "GET", "/v1/models", 401, "invalid_token"),
         ({"models": "chat"}, "GET", "/v1/models", 401, "invalid_token"),
         ({"exp": lambda now: now - 3600}, "GET", "/v1/models", 401, "expired_token"),
         ({"exp": None}, "GET", "/v1/models", 401, "invalid_token"),
@@ -116,13 +119,15 @@ def test_api_keys_keep_working_beside_tokens(hs256) -> None:
 @pytest.fixture(scope="module")
 def keys() -> dict[str, Any]:
     return {"rsa": rsa.generate_private_key(public_exponent=65537, key_size=2048),
+            "weak": rsa.generate_private_key(public_exponent=65537, key_size=1024),
             "ec": ec.generate_private_key(ec.SECP256R1())}
 
 
 @pytest.fixture(scope="module")
 def jwks_orch(module_orchestrator, keys, tmp_path_factory: pytest.TempPathFactory) -> Any:
     entries = []
-    for kid, private, algorithm in (("rsa-1", keys["rsa"], "RS256"), ("ec-1", keys["ec"], "ES256")):
+    for kid, private, algorithm in (("rsa-1", keys["rsa"], "RS256"), ("ec-1", keys["ec"], "ES256"),
+                                    ("rsa-weak", keys["weak"], "RS256")):
         public = jwt.get_algorithm_by_name(algorithm).to_jwk(private.public_key(), as_dict=True)
         entries.append({**public, "kid": kid, "alg": algorithm, "use": "sig"})
     jwks = tmp_path_factory.mktemp("jwks") / "jwks.json"
@@ -137,7 +142,10 @@ def test_rs256_and_es256_tokens_are_checked_against_the_jwks(jwks_orch, keys) ->
     for good in (rs, es):
         assert call(jwks_orch, "POST", "/v1/chat/completions", good, {"model": "chat", **CHAT}).status_code == 200
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with pytest.warns(jwt.warnings.InsecureKeyLengthWarning):  # PyJWT signs it, and says it should not
+        weak = token(keys["weak"], "RS256", {"kid": "rsa-weak"})
     refused = {
+        "a 1024-bit RSA key": weak,
         "unknown kid": token(keys["rsa"], "RS256", {"kid": "rsa-2"}),
         "signed by another key": token(other, "RS256", {"kid": "rsa-1"}),
         "EC key under the RSA kid": token(keys["ec"], "ES256", {"kid": "rsa-1"}),
@@ -170,9 +178,15 @@ def test_an_hs256_token_signed_with_the_public_key_is_refused(jwks_orch, keys) -
         ({"audience": "a", "secret_env": "SHORT"}, {"SHORT": "tiny"}, "shorter than 32 bytes"),
         ({"audience": "a", "jwks_file": "/nonexistent/jwks.json"}, {}, "cannot read /nonexistent/jwks.json"),
         ({"audience": "a"}, {}, "exactly one of secret_env"),
+        ({"audience": "a", "jwks_file": "PRIVATE"}, {}, "only public RSA and EC keys"),
     ],
 )
 def test_an_unusable_jwt_setup_stops_the_start_with_its_reason(tmp_path: Path, jwt_settings, env, message) -> None:
+    if jwt_settings.get("jwks_file") == "PRIVATE":  # a JWKS holding a private key
+        private = ec.generate_private_key(ec.SECP256R1())
+        entry = jwt.get_algorithm_by_name("ES256").to_jwk(private, as_dict=True)
+        (tmp_path / "jwks.json").write_text(json.dumps({"keys": [{**entry, "kid": "k"}]}))
+        jwt_settings = {**jwt_settings, "jwks_file": str(tmp_path / "jwks.json")}
     config = tmp_path / "models.yaml"
     config.write_text(json.dumps({"settings": {"auth": {"enabled": True, "jwt": jwt_settings}}, "models": {}}))
     done = subprocess.run([sys.executable, "-m", "orchestrator", "--config", str(config), "--check"],

@@ -2,16 +2,17 @@
 
 Three real orchestrators in one run, the same fast test upstream behind each
 (`command` engine): settings.auth off; on, called with a member API key
-limited to the model (so the key lookup, the route's scope and the model list
-are all checked); on with settings.auth.jwt, called with an HS256 token
-carrying a role and a model list. The client alternates rounds between them,
+limited to the model, with a rate limit and a quota (so the key lookup, the
+route's scope, the model list, the key's rate bucket and quota count are all
+checked); on with settings.auth.jwt, called with an HS256 token carrying a
+role and a model list. Both "on" sides give the model a rate limit too; every
+limit is far above what the run sends. The client alternates rounds between them,
 so drift in the machine's load falls on all alike, and prints p50 and p99
 latency of each at concurrency 1 and 16, what each adds, and the target.
 
   scripts/bench.sh gateway [--rounds 10] [--requests 200] [--json results.json] [--strict]
 
-Rate limits and quotas (issue #5) do not exist yet; when they do, they join
-the key and jwt sides. This file is a script, not a test: pytest does not collect it.
+This file is a script, not a test: pytest does not collect it.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def start(workdir: Path, name: str) -> tuple[Child, str]:
         "settings": {"port": port, "log_level": "warning", "shutdown_grace": 5, "auth": auth},
         "models": {"fast": {"engine": "command", "cmd": upstream, "startup_timeout": 30}},
     }
+    if name != "off":  # a model rate limit far above what the run sends: checked, never refused
+        config["models"]["fast"]["rpm"] = 1e9
     state = workdir / f"{name}-state"
     (workdir / f"{name}.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "MODELYARD_STATE_DIR": str(state), "MODELYARD_BENCH_JWT_SECRET": JWT_SECRET}
@@ -65,7 +68,8 @@ def start(workdir: Path, name: str) -> tuple[Child, str]:
     elif name == "key":
         made = subprocess.run(
             [sys.executable, "-m", "orchestrator.keys_cli", "--state-dir", str(state), "--json", "create",
-             "--name", "bench", "--role", "member", "--model", "fast"],
+             "--name", "bench", "--role", "member", "--model", "fast", "--rpm", "1000000000",
+             "--quota", "1000000000/day"],
             capture_output=True, text=True, check=True, cwd=ROOT, env=env,
         )
         key = json.loads(made.stdout)["key"]
