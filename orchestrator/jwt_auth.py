@@ -7,9 +7,10 @@ Only those algorithms are accepted for the configured key source, so neither
 aud are required; iss is checked when configured; nbf and iat when present.
 
 Claims become the request's principal: the role claim (viewer, member, admin,
-or a list of roles meaning the highest of them; default_role when absent), extra scopes (a space-separated string as OAuth
-writes it, or a list; scopes modelyard does not know, such as openid, are
-ignored), the models it may use, and its tenant.
+or a list of roles meaning the highest of them; default_role when absent),
+extra scopes (a space-separated string as OAuth writes it, or a list; scopes
+modelyard does not know, such as openid, are ignored), the models it may use,
+and its tenant.
 """
 
 from __future__ import annotations

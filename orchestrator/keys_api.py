@@ -22,7 +22,6 @@ from core.errors import ServiceError
 from orchestrator.auth import ROLE_SCOPES, SCOPES, Principal
 from orchestrator.keys import KeyStore
 
-
 TEN_YEARS = 10 * 365 * 86400.0
 
 

@@ -28,7 +28,6 @@ from core.protocol import parse_keep_alive
 from orchestrator.auth import SCOPES
 from orchestrator.keys import QUOTA_PERIODS, ROLES, ApiKey, KeyStore
 
-
 TEN_YEARS = 10 * 365 * 86400.0
 
 
