@@ -383,6 +383,13 @@ class Settings(_Strict):
         "(behind a reverse proxy, say https://models.example.com); null: the request's Host header."
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins a browser may call the endpoint from (CORS), e.g. "
+        "https://app.example.com, or '*' for any; empty: no CORS headers."
+    )
+    idempotency_ttl: float = Field(
+        86400.0, gt=0, description="Seconds the answer to a request with an Idempotency-Key is kept for its retries."
+    )
     auth: AuthSettings = Field(default_factory=AuthSettings)  # type: ignore[arg-type]
 
 

@@ -26,6 +26,13 @@ class AdapterRegistration(BaseModel):
     path: str = Field(description="Absolute path of the PEFT LoRA adapter directory on this host.")
 
 
+class MaintenanceSwitch(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    enabled: bool
+    message: str = Field("", max_length=500, description="Said to clients in the 503.")
+
+
 def describe(service: Service) -> dict[str, Any]:
     now = time.monotonic()
     process = service.process
@@ -131,6 +138,23 @@ def build_admin_router() -> APIRouter:
         changed ones are drained (at most `drain` seconds) and stopped, and a
         changed one starts anew on its next request."""
         return await request.app.state.reload(drain)  # type: ignore[no-any-return]
+
+    @router.get("/maintenance")
+    async def get_maintenance(request: Request) -> dict[str, Any]:
+        return vars(request.app.state.maintenance)
+
+    @router.post("/maintenance")
+    async def set_maintenance(request: Request, body: MaintenanceSwitch) -> dict[str, Any]:
+        """On: the model routes answer 503 `maintenance` and /ready 503, so a load
+        balancer drains this host; admin, /v1/models and /health go on working.
+        Requests already running finish. Not kept across a restart."""
+        state = request.app.state.maintenance
+        if body.enabled and not state.enabled:
+            state.since = time.time()
+        state.enabled, state.message = body.enabled, body.message if body.enabled else ""
+        if not body.enabled:
+            state.since = None
+        return vars(state)
 
     @router.get("/adapters")
     async def list_adapters(request: Request) -> dict[str, Any]:

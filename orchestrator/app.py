@@ -32,6 +32,7 @@ from orchestrator.auth import Authenticator, Principal
 from orchestrator.endpoint import ROUTES, OpenAIEndpoint
 from orchestrator.files import SignedFiles, build_files_router, load_or_create_key
 from orchestrator.footprints import Footprints
+from orchestrator.idempotency import IdempotencyStore
 from orchestrator.jwt_auth import JwtVerifier
 from orchestrator.keys import KeyStore
 from orchestrator.keys_api import build_keys_router
@@ -45,7 +46,7 @@ log = logging.getLogger("modelyard.orchestrator")
 
 
 # Settings that only a restart can change: reload keeps their old values.
-RESTART_SETTINGS = ("host", "port", "gpus", "upstream_timeout", "log_level", "auth")
+RESTART_SETTINGS = ("host", "port", "gpus", "upstream_timeout", "log_level", "auth", "cors_origins")
 
 
 def create_app(
@@ -61,6 +62,7 @@ def create_app(
     registry = Registry(config, adapters)
     keys = KeyStore(config.state_path() / "keys.db")
     quotas = RequestQuotas(keys.db)
+    idempotency = IdempotencyStore(config.state_path() / "idempotency.db", config.settings.idempotency_ttl)
     if config.settings.auth.enabled and not any(k.role == "admin" and k.state() == "active" for k in keys.all()):
         log_event(log, "auth is on and no active admin key exists; make one with: python -m orchestrator.keys_cli "
                   "create --name NAME --role admin", logging.WARNING)
@@ -94,6 +96,7 @@ def create_app(
         await adapters.close()
         footprints.close()
         keys.close()
+        idempotency.close()
 
     app = FastAPI(title="modelyard", version="0.1.0", lifespan=lifespan)
     app.state.config = config
@@ -159,7 +162,9 @@ def create_app(
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
-        """Readiness: started and not shutting down."""
+        """Readiness: started, not shutting down, not in maintenance (a load balancer sends nothing then)."""
+        if endpoint.maintenance.enabled:
+            return JSONResponse({"status": "maintenance"}, status_code=503)
         ok = bool(app.state.ready) and not scheduler.closing
         return JSONResponse({"status": "ready" if ok else "not ready"}, status_code=200 if ok else 503)
 
@@ -189,6 +194,10 @@ def create_app(
     endpoint = OpenAIEndpoint(app, registry, scheduler, proxy, body_limit_of(config))
     endpoint.files = files
     endpoint.limiter = Limiter(quotas)
+    endpoint.idempotency = idempotency
+    app.state.maintenance = endpoint.maintenance
+    if config.settings.cors_origins:
+        endpoint.add_cors(config.settings.cors_origins)
     if config.settings.auth.enabled:
         jwt_settings = config.settings.auth.jwt
         endpoint.auth = Authenticator(keys, JwtVerifier(jwt_settings).verify if jwt_settings else None)

@@ -20,10 +20,12 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
+from starlette.middleware.cors import CORSMiddleware
 
 from core.errors import ServiceError
 from core.http_errors import describe_validation
@@ -38,6 +40,7 @@ from core.protocol import (
 )
 from orchestrator.auth import Authenticator, Principal
 from orchestrator.files import SignedFiles, base_url
+from orchestrator.idempotency import REPLAYED, Answer, Capture, IdempotencyStore, fingerprint, key_of
 from orchestrator.limits import Limiter
 from orchestrator.progress import AfterHeaders, acquire_with_progress
 from orchestrator.proxy import Proxy, send_json
@@ -105,6 +108,33 @@ def _usable_request_id(value: bytes) -> bool:
     return 0 < len(value) <= 200 and all(32 < b < 127 for b in value)
 
 
+def request_id_of(scope: dict[str, Any]) -> bytes:
+    """The client's X-Request-ID when usable, else a new one."""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id" and _usable_request_id(value):
+            return value
+    return os.urandom(16).hex().encode()
+
+
+async def replay(send: Any, answer: Answer, request_id: bytes) -> None:
+    headers = [*answer.headers, REPLAYED, (b"x-request-id", request_id),
+               (b"content-length", str(len(answer.body)).encode())]
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.body})
+
+
+@dataclass
+class Maintenance:
+    """While on, the model routes answer 503 `maintenance`; admin and the rest work."""
+
+    enabled: bool = False
+    message: str = ""
+    since: float | None = None
+
+    def reason(self) -> str:
+        return "modelyard is in maintenance" + (f": {self.message}" if self.message else "") + "; retry later"
+
+
 class OpenAIEndpoint:
     def __init__(
         self, app: ASGIApp, registry: Registry, scheduler: Scheduler, proxy: Proxy, body_limit: int
@@ -118,8 +148,23 @@ class OpenAIEndpoint:
         self.files: SignedFiles | None = None  # signs generated files' URLs in answers
         self.auth: Authenticator | None = None  # API keys and what they may do; None: everyone may
         self.limiter = Limiter(None)  # rate limits and quotas (app.py gives it keys.db for quotas)
+        self.idempotency: IdempotencyStore | None = None  # Idempotency-Key answers (app.py)
+        self.maintenance = Maintenance()
+        self._entry: ASGIApp = self._dispatch  # add_cors puts CORS in front
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await self._entry(scope, receive, send)
+
+    def add_cors(self, origins: list[str]) -> None:
+        """Let browsers on these origins call every route (Starlette's CORS
+        middleware, in front of everything: preflights need no credential)."""
+        self._entry = CORSMiddleware(
+            self._dispatch, allow_origins=origins, allow_methods=["*"], allow_headers=["*"], max_age=600,
+            expose_headers=["x-request-id", "retry-after", "idempotent-replayed", "x-modelyard-overhead-ms",
+                            "x-modelyard-load-ms"],
+        )
+
+    async def _dispatch(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] in ROUTES:
             if scope["method"] == "POST":
                 await self.handle(scope, receive, send)
@@ -130,30 +175,37 @@ class OpenAIEndpoint:
         if scope["type"] == "websocket" and self.auth is not None:
             await send({"type": "websocket.close", "code": 1008})  # no websocket route exists; none passes unchecked
             return
-        if scope["type"] == "http" and self.auth is not None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_of(scope)
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id)]}
+            await send(message)
+
+        if self.auth is not None:
             try:
                 principal = self.auth.admit(scope["method"], scope["path"], scope["headers"])
             except ServiceError as exc:
-                await send_json(send, exc.status, exc.body(), [(k.lower().encode(), v.encode())
-                                                                for k, v in exc.headers().items()])
+                await self._error(send, exc, request_id)
                 return
             scope.setdefault("state", {})["principal"] = principal  # request.state.principal
-        await self.app(scope, receive, send)
+        await self.app(scope, receive, send_with_id)
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         began = time.perf_counter()
         route = scope["path"]
-        request_id = b""
+        request_id = request_id_of(scope)
         declared: int | None = None
         for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                request_id = value
-            elif name == b"content-length" and value.isdigit():
+            if name == b"content-length" and value.isdigit():
                 declared = int(value)
-        if not _usable_request_id(request_id):
-            request_id = os.urandom(16).hex().encode()
 
         try:
+            if self.maintenance.enabled:
+                raise ServiceError(503, self.maintenance.reason(), code="maintenance", retry_after=60)
             # The credential first: a body from someone without one is not worth reading.
             principal = self.auth.admit("POST", route, scope["headers"]) if self.auth is not None else None
             body = await read_body(receive, declared, self.body_limit)
@@ -178,11 +230,27 @@ class OpenAIEndpoint:
 
         lease: Lease | None = None
         answered = False  # an error answer began (the proxy marks its own on the lease)
+        idempotent: tuple[str, str, str] | None = None  # (owner, key, fingerprint) while this request runs for them
+        capture: Capture | None = None
 
         watcher = asyncio.create_task(watch_client())
         try:
             try:
                 payload = parse_request(body, ROUTES[route])
+                idempotency_key = key_of(scope["headers"]) if self.idempotency is not None else None
+                if idempotency_key is not None and self.idempotency is not None:
+                    if payload.get("stream") is True:
+                        raise ServiceError(400, "Idempotency-Key is not supported with stream: true",
+                                           code="idempotency_unsupported", param="stream")
+                    claim = (principal.key_id or "" if principal is not None else "", idempotency_key,
+                             fingerprint(payload))
+                    stored = await self.idempotency.begin(*claim)
+                    if stored is not None:
+                        answered = True
+                        await replay(send, stored, request_id)
+                        return
+                    idempotent = claim
+                    send = capture = Capture(send)
                 if principal is not None:  # before resolving: a limited key learns nothing of other models
                     self._require_model(principal, payload["model"])
                 target = self.registry.resolve(payload["model"], route)
@@ -226,6 +294,8 @@ class OpenAIEndpoint:
         finally:
             state["done"] = True
             watcher.cancel()
+            if idempotent is not None and self.idempotency is not None:
+                self.idempotency.finish(*idempotent, capture.answer() if capture is not None else None)
 
     async def _acquire(self, target: Target, keep_alive: float | None) -> Lease:
         """A lease on the target's service, with the target's adapter loaded in it."""
