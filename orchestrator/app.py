@@ -46,7 +46,8 @@ log = logging.getLogger("modelyard.orchestrator")
 
 
 # Settings that only a restart can change: reload keeps their old values.
-RESTART_SETTINGS = ("host", "port", "gpus", "upstream_timeout", "log_level", "auth", "cors_origins")
+RESTART_SETTINGS = ("host", "port", "gpus", "upstream_timeout", "log_level", "auth", "cors_origins",
+                    "idempotency_ttl")
 
 
 def create_app(

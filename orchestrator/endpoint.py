@@ -40,7 +40,7 @@ from core.protocol import (
 )
 from orchestrator.auth import Authenticator, Principal
 from orchestrator.files import SignedFiles, base_url
-from orchestrator.idempotency import REPLAYED, Answer, Capture, IdempotencyStore, fingerprint, key_of
+from orchestrator.idempotency import REPLAYED, Capture, IdempotencyStore, fingerprint, key_of, send_answer
 from orchestrator.limits import Limiter
 from orchestrator.progress import AfterHeaders, acquire_with_progress
 from orchestrator.proxy import Proxy, send_json
@@ -116,13 +116,6 @@ def request_id_of(scope: dict[str, Any]) -> bytes:
     return os.urandom(16).hex().encode()
 
 
-async def replay(send: Any, answer: Answer, request_id: bytes) -> None:
-    headers = [*answer.headers, REPLAYED, (b"x-request-id", request_id),
-               (b"content-length", str(len(answer.body)).encode())]
-    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
-    await send({"type": "http.response.body", "body": answer.body})
-
-
 @dataclass
 class Maintenance:
     """While on, the model routes answer 503 `maintenance`; admin and the rest work."""
@@ -151,6 +144,7 @@ class OpenAIEndpoint:
         self.idempotency: IdempotencyStore | None = None  # Idempotency-Key answers (app.py)
         self.maintenance = Maintenance()
         self._entry: ASGIApp = self._dispatch  # add_cors puts CORS in front
+        self._finishing: set[asyncio.Task[None]] = set()  # idempotent answers being kept
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         await self._entry(scope, receive, send)
@@ -170,7 +164,7 @@ class OpenAIEndpoint:
                 await self.handle(scope, receive, send)
             else:
                 error = ServiceError(405, f"{scope['path']} accepts POST only", code="method_not_allowed")
-                await send_json(send, 405, error.body(), [(b"allow", b"POST")])
+                await send_json(send, 405, error.body(), [(b"allow", b"POST"), (b"x-request-id", request_id_of(scope))])
             return
         if scope["type"] == "websocket" and self.auth is not None:
             await send({"type": "websocket.close", "code": 1008})  # no websocket route exists; none passes unchecked
@@ -219,12 +213,12 @@ class OpenAIEndpoint:
         # thing: that it went away. Then this request is cancelled.
         task = asyncio.current_task()
         assert task is not None
-        state = {"gone": False, "done": False}
+        state = {"gone": False, "done": False, "keep": False}
 
         async def watch_client() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
-            if not state["done"]:
+            if not state["done"] and not state["keep"]:
                 state["gone"] = True
                 task.cancel()
 
@@ -238,22 +232,24 @@ class OpenAIEndpoint:
             try:
                 payload = parse_request(body, ROUTES[route])
                 idempotency_key = key_of(scope["headers"]) if self.idempotency is not None else None
-                if idempotency_key is not None and self.idempotency is not None:
-                    if payload.get("stream") is True:
-                        raise ServiceError(400, "Idempotency-Key is not supported with stream: true",
-                                           code="idempotency_unsupported", param="stream")
-                    claim = (principal.key_id or "" if principal is not None else "", idempotency_key,
-                             fingerprint(payload))
-                    stored = await self.idempotency.begin(*claim)
-                    if stored is not None:
-                        answered = True
-                        await replay(send, stored, request_id)
-                        return
-                    idempotent = claim
-                    send = capture = Capture(send)
+                if idempotency_key is not None and payload.get("stream") is True:
+                    raise ServiceError(400, "Idempotency-Key is not supported with stream: true",
+                                       code="idempotency_unsupported", param="stream")
                 if principal is not None:  # before resolving: a limited key learns nothing of other models
                     self._require_model(principal, payload["model"])
                 target = self.registry.resolve(payload["model"], route)
+                if idempotency_key is not None and self.idempotency is not None:
+                    owner = (principal.quota_id or principal.key_id or "") if principal is not None else ""
+                    claim = (owner, idempotency_key, fingerprint(payload))
+                    stored = await self.idempotency.begin(*claim)
+                    if stored is not None:  # a replay: the model does not run, no quota or rate is spent
+                        answered = True
+                        headers = [*stored.headers, REPLAYED, (b"x-request-id", request_id)]
+                        await send_answer(send, stored, self._answer_transform(scope), headers)
+                        return
+                    idempotent = claim
+                    state["keep"] = True  # run to the end even if the client leaves: its retry gets the answer
+                    send = capture = Capture(send, self._answer_transform(scope))
                 self.limiter.admit(principal, target.model_id, target.model.rpm)
                 keep_alive = payload.pop("keep_alive", None)
                 if payload["model"] != target.upstream or keep_alive is not None:
@@ -273,7 +269,8 @@ class OpenAIEndpoint:
                 answered = True
                 await self._error(send, exc, request_id)
                 return
-            await self.proxy.forward(lease, route, body, request_id, began, send, self._answer_transform(scope))
+            transform = None if capture is not None else self._answer_transform(scope)  # the capture transforms
+            await self.proxy.forward(lease, route, body, request_id, began, send, transform)
         except asyncio.CancelledError:
             if state["gone"]:
                 task.uncancel()  # cancelled by watch_client: the client left; nothing to answer
@@ -295,7 +292,12 @@ class OpenAIEndpoint:
             state["done"] = True
             watcher.cancel()
             if idempotent is not None and self.idempotency is not None:
-                self.idempotency.finish(*idempotent, capture.answer() if capture is not None else None)
+                # Only what the model's service answered is kept; the gateway's refusals depend on the moment.
+                answer = capture.answer() if capture is not None and lease is not None and lease.responded else None
+                ttl = self.scheduler.settings.file_ttl if route in FILE_ROUTES else None  # URLs expire then
+                finishing = asyncio.create_task(self.idempotency.finish(*idempotent, answer, ttl))
+                self._finishing.add(finishing)
+                finishing.add_done_callback(self._finishing.discard)
 
     async def _acquire(self, target: Target, keep_alive: float | None) -> Lease:
         """A lease on the target's service, with the target's adapter loaded in it."""

@@ -3,21 +3,28 @@
 A client that sends `Idempotency-Key: <key>` with an OpenAI request (not a
 stream) and retries it (a timeout, a dropped connection) gets the stored
 answer of the first, with `Idempotent-Replayed: true`, and the model runs
-once. The same key with another body is a 409: a key names one request.
-A duplicate that arrives while the first is still running waits for its
-answer. Keys belong to their caller (the API key or token's id; everyone is
-one caller with auth off) and are kept settings.idempotency_ttl seconds
+once: a request with a key is not abandoned when its client goes away, it
+finishes and its answer is kept. The same key with another body is a 409: a
+key names one request. A duplicate that arrives while the first is still
+running waits for its answer. Keys belong to their caller (the API key's
+lineage, so a rotated key keeps them, or the token's subject; everyone is one
+caller with auth off) and are kept settings.idempotency_ttl seconds, or
+file_ttl for answers naming generated files, whose URLs expire then
 (<state>/idempotency.db).
 
-Stored: answers below 500 other than 429 (a rate limit passes; a server
-error may not recur), so a retry after those runs again.
+Stored: answers the model's service gave, below 500 and other than 429, up
+to MAX_BODY bytes. The gateway's own refusals (403, 404, 429, 503 ...) are
+not: they depend on the moment, and a retry should meet the moment's rules.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,20 +35,23 @@ import sqlite_utils
 from core.errors import ServiceError
 from core.storage import open_database
 
+log = logging.getLogger("modelyard.idempotency")
 HEADER = b"idempotency-key"
 REPLAYED = (b"idempotent-replayed", b"true")
+MAX_BODY = 8 * 1024 * 1024
 # Headers that belong to one response, not to its replay.
-_NOT_STORED = {b"x-request-id", b"content-length", b"x-modelyard-overhead-ms", b"x-modelyard-load-ms"}
+_NOT_STORED = {b"x-request-id", b"content-length", b"x-modelyard-overhead-ms", b"x-modelyard-load-ms",
+               b"set-cookie", b"retry-after"}
 CLEANUP_EVERY = 300.0  # seconds
 
 
 def _create_table(db: sqlite_utils.Database) -> None:
     db["answers"].create(
         {"owner": str, "key": str, "fingerprint": str, "status": int, "headers": str, "body": bytes,
-         "created": float},
+         "expires": float},
         pk=("owner", "key"),
     )
-    db["answers"].create_index(["created"])
+    db["answers"].create_index(["expires"])
 
 
 @dataclass
@@ -51,30 +61,52 @@ class Answer:
     body: bytes
 
     def storable(self) -> bool:
-        return self.status < 500 and self.status != 429
+        return self.status < 500 and self.status != 429 and len(self.body) <= MAX_BODY
 
 
 @dataclass
 class Capture:
-    """An ASGI send that passes everything on and keeps a copy of the answer."""
+    """An ASGI send that keeps a copy of the answer and passes it on, through
+    `transform` (what the orchestrator does to a model's 200 answer on its way
+    out, such as signing file URLs): the copy is the answer before it, so a
+    replay is transformed afresh."""
 
     send: Any
-    status: int = 0
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    transform: Callable[[bytes], bytes] | None = None
+    start: dict[str, Any] | None = None
     chunks: list[bytes] = field(default_factory=list)
     complete: bool = False
 
     async def __call__(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
-            self.status = message["status"]
-            self.headers = [(k, v) for k, v in message.get("headers", []) if k.lower() not in _NOT_STORED]
-        elif message["type"] == "http.response.body":
+            self.start = message  # held until the body: the transform may change its length
+            return
+        if message["type"] == "http.response.body" and self.start is not None:
             self.chunks.append(message.get("body", b""))
-            self.complete = not message.get("more_body", False)
+            if message.get("more_body", False):
+                return
+            self.complete = True
+            answer = self.answer()
+            assert answer is not None
+            await send_answer(self.send, answer, self.transform, list(self.start.get("headers", [])))
+            return
         await self.send(message)
 
     def answer(self) -> Answer | None:
-        return Answer(self.status, self.headers, b"".join(self.chunks)) if self.complete else None
+        if not self.complete or self.start is None:
+            return None
+        headers = [(k, v) for k, v in self.start.get("headers", []) if k.lower() not in _NOT_STORED]
+        return Answer(self.start["status"], headers, b"".join(self.chunks))
+
+
+async def send_answer(send: Any, answer: Answer, transform: Callable[[bytes], bytes] | None,
+                      headers: list[tuple[bytes, bytes]]) -> None:
+    """answer (through transform when it is a 200), with headers and its length."""
+    body = transform(answer.body) if transform is not None and answer.status == 200 else answer.body
+    headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def key_of(headers: list[tuple[bytes, bytes]]) -> str | None:
@@ -94,8 +126,13 @@ def fingerprint(payload: dict[str, Any]) -> str:
 
 
 class IdempotencyStore:
+    """Stored answers in sqlite (read and written in a worker thread, one at a
+    time), and the requests running for a key right now."""
+
     def __init__(self, path: Path, ttl: float) -> None:
         self.db = open_database(path, [_create_table])
+        self.db.execute("PRAGMA synchronous = NORMAL")  # WAL: a crash may lose the last answers, never corrupt
+        self.lock = threading.Lock()
         self.ttl = ttl
         self.running: dict[tuple[str, str], tuple[str, asyncio.Future[Answer | None]]] = {}
         self.cleaned = 0.0
@@ -103,21 +140,27 @@ class IdempotencyStore:
     def close(self) -> None:
         self.db.conn.close()
 
+    def _stored(self, owner: str, key: str) -> dict[str, Any] | None:
+        with self.lock:
+            rows = list(self.db["answers"].rows_where("owner = ? AND key = ? AND expires > ?",
+                                                      [owner, key, time.time()]))
+        return rows[0] if rows else None
+
     async def begin(self, owner: str, key: str, print_: str) -> Answer | None:
         """The stored answer to replay, or None: go on, and call finish() after."""
         while True:
-            rows = list(self.db["answers"].rows_where("owner = ? AND key = ? AND created > ?",
-                                                      [owner, key, time.time() - self.ttl]))
-            if rows:
-                row = rows[0]
-                if row["fingerprint"] != print_:
-                    raise conflict(key)
-                return Answer(row["status"], [(k.encode(), v.encode()) for k, v in orjson.loads(row["headers"])],
-                              row["body"])
             running = self.running.get((owner, key))
             if running is None:
-                self.running[(owner, key)] = (print_, asyncio.get_running_loop().create_future())
-                return None
+                row = await asyncio.to_thread(self._stored, owner, key)
+                if row is not None:
+                    if row["fingerprint"] != print_:
+                        raise conflict(key)
+                    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in orjson.loads(row["headers"])]
+                    return Answer(row["status"], headers, row["body"])
+                running = self.running.get((owner, key))  # claimed while we read?
+                if running is None:
+                    self.running[(owner, key)] = (print_, asyncio.get_running_loop().create_future())
+                    return None
             if running[0] != print_:
                 raise conflict(key)
             answer = await asyncio.shield(running[1])
@@ -125,21 +168,30 @@ class IdempotencyStore:
                 return answer
             # The first one's answer was not kept (an error that may pass): this one runs.
 
-    def finish(self, owner: str, key: str, print_: str, answer: Answer | None) -> None:
-        """Keep the answer (when it is worth replaying) and wake the duplicates waiting on it."""
-        if answer is not None and answer.storable():
-            headers = orjson.dumps([(k.decode("latin-1"), v.decode("latin-1")) for k, v in answer.headers]).decode()
-            now = time.time()
-            with self.db.conn:
-                self.db["answers"].upsert({"owner": owner, "key": key, "fingerprint": print_,
-                                           "status": answer.status, "headers": headers, "body": answer.body,
-                                           "created": now}, pk=("owner", "key"))
-                if now - self.cleaned > CLEANUP_EVERY:
-                    self.db.execute("DELETE FROM answers WHERE created <= ?", [now - self.ttl])
-                    self.cleaned = now
-        _, waiting = self.running.pop((owner, key), ("", None))
-        if waiting is not None and not waiting.done():
-            waiting.set_result(answer)
+    def _store(self, owner: str, key: str, print_: str, answer: Answer, ttl: float) -> None:
+        headers = orjson.dumps([(k.decode("latin-1"), v.decode("latin-1")) for k, v in answer.headers]).decode()
+        now = time.time()
+        with self.lock, self.db.conn:
+            self.db["answers"].upsert({"owner": owner, "key": key, "fingerprint": print_, "status": answer.status,
+                                       "headers": headers, "body": answer.body, "expires": now + ttl},
+                                      pk=("owner", "key"))
+            if now - self.cleaned > CLEANUP_EVERY:
+                self.db.execute("DELETE FROM answers WHERE expires <= ?", [now])
+                self.cleaned = now
+
+    async def finish(self, owner: str, key: str, print_: str, answer: Answer | None, ttl: float | None = None) -> None:
+        """Keep the answer (when it is worth replaying) and wake the duplicates
+        waiting on it, whatever happens to the write."""
+        try:
+            if answer is not None and answer.storable():
+                await asyncio.to_thread(self._store, owner, key, print_, answer, min(ttl or self.ttl, self.ttl))
+        except Exception:  # noqa: BLE001 - a lost answer means one more run, never a stuck key
+            log.exception("keeping the answer for an Idempotency-Key failed")
+            answer = None
+        finally:
+            _, waiting = self.running.pop((owner, key), ("", None))
+            if waiting is not None and not waiting.done():
+                waiting.set_result(answer)
 
 
 def conflict(key: str) -> ServiceError:

@@ -6,11 +6,13 @@ browsers, and maintenance mode.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import httpx
 import pytest
 
+from orchestrator.idempotency import Answer, IdempotencyStore
 from tests.conftest import fake_model
 
 CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
@@ -20,7 +22,7 @@ CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
 def orch(module_orchestrator) -> Any:
     config = {
         "settings": {"cors_origins": ["https://app.example.com"]},
-        "models": {"chat": fake_model("--response-delay-ms 300")},
+        "models": {"chat": fake_model("--response-delay-ms 300"), "broken": fake_model("--fail-load")},
     }
     return module_orchestrator(config)
 
@@ -31,7 +33,8 @@ def served(orch: Any) -> int:
 
 
 @pytest.mark.parametrize(("method", "path"), [("GET", "/v1/models"), ("GET", "/admin/services"), ("GET", "/health"),
-                                              ("GET", "/nowhere"), ("POST", "/v1/chat/completions")])
+                                              ("GET", "/nowhere"), ("POST", "/v1/chat/completions"),
+                                              ("GET", "/v1/chat/completions")])
 def test_every_answer_carries_the_request_id(orch, method, path) -> None:
     with orch.client() as client:
         body = CHAT if method == "POST" else None
@@ -69,6 +72,26 @@ def test_duplicates_arriving_together_run_the_model_once(orch) -> None:
     assert [a.status_code for a in answers] == [200] * 4
     assert len({a.text for a in answers}) == 1 and served(orch) == before + 1
     assert sum(a.headers.get("idempotent-replayed") == "true" for a in answers) == 3
+
+
+def test_a_request_whose_client_left_finishes_and_its_retry_gets_the_answer(orch) -> None:
+    before = served(orch)
+    with orch.client(timeout=0.1) as impatient, pytest.raises(httpx.TimeoutException):
+        impatient.post("/v1/chat/completions", json=CHAT, headers={"Idempotency-Key": "left-early"})
+    time.sleep(1.0)  # the model answers after 300 ms; its answer is kept
+    with orch.client() as client:
+        retry = client.post("/v1/chat/completions", json=CHAT, headers={"Idempotency-Key": "left-early"})
+    assert retry.status_code == 200 and retry.headers["idempotent-replayed"] == "true"
+    assert served(orch) == before + 1
+
+
+def test_the_gateways_own_refusals_are_not_kept(orch) -> None:
+    broken = {**CHAT, "model": "broken"}
+    with orch.client() as client:
+        first = client.post("/v1/chat/completions", json=broken, headers={"Idempotency-Key": "retry-me"})
+        assert first.status_code == 503
+        second = client.post("/v1/chat/completions", json=broken, headers={"Idempotency-Key": "retry-me"})
+        assert second.status_code == 503 and "idempotent-replayed" not in second.headers
 
 
 @pytest.mark.parametrize(
@@ -119,3 +142,28 @@ def test_maintenance_stops_inference_and_readiness_but_not_admin(orch) -> None:
         assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
         assert client.get("/ready").status_code == 200
         assert client.post("/admin/maintenance", json={"enabled": "yes"}).status_code == 400
+
+
+def test_a_failed_write_never_leaves_a_key_stuck(tmp_path, monkeypatch) -> None:
+    store = IdempotencyStore(tmp_path / "idempotency.db", 60)
+
+    def broken(*args: Any) -> None:
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(store, "_store", broken)
+
+    async def scenario() -> list[Any]:
+        assert await store.begin("me", "k", "print") is None  # the first claims the key
+        waiter = asyncio.create_task(store.begin("me", "k", "print"))
+        await asyncio.sleep(0.05)
+        await store.finish("me", "k", "print", Answer(200, [], b"{}"))
+        # The waiter was woken with nothing kept, so it claims the key and runs itself ...
+        woken = await asyncio.wait_for(waiter, 5)
+        third = asyncio.create_task(store.begin("me", "k", "print"))
+        await asyncio.sleep(0.05)
+        await store.finish("me", "k", "print", Answer(200, [], b"{}"))
+        # ... and when its write fails too, the next one is not blocked either.
+        return [woken, await asyncio.wait_for(third, 5), list(store.running)]
+
+    # Each was told to run (None), and only the last one's claim is open.
+    assert asyncio.run(scenario()) == [None, None, [("me", "k")]]
