@@ -37,7 +37,7 @@ from orchestrator.jwt_auth import JwtVerifier
 from orchestrator.keys import KeyStore
 from orchestrator.keys_api import build_keys_router
 from orchestrator.limits import Limiter, RequestQuotas
-from orchestrator.metrics import SchedulerCollector, SchedulerMetrics
+from orchestrator.metrics import RequestMetrics, SchedulerCollector, SchedulerMetrics
 from orchestrator.proxy import Proxy
 from orchestrator.registry import Registry
 from orchestrator.scheduler import Scheduler
@@ -195,6 +195,7 @@ def create_app(
     endpoint = OpenAIEndpoint(app, registry, scheduler, proxy, body_limit_of(config))
     endpoint.files = files
     endpoint.limiter = Limiter(quotas)
+    endpoint.request_metrics = RequestMetrics(metrics_registry)
     endpoint.idempotency = idempotency
     app.state.maintenance = endpoint.maintenance
     if config.settings.cors_origins:

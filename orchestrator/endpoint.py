@@ -42,6 +42,7 @@ from orchestrator.auth import Authenticator, Principal
 from orchestrator.files import SignedFiles, base_url
 from orchestrator.idempotency import REPLAYED, Capture, IdempotencyStore, fingerprint, key_of, send_answer
 from orchestrator.limits import Limiter
+from orchestrator.metrics import RequestMetrics
 from orchestrator.progress import AfterHeaders, acquire_with_progress
 from orchestrator.proxy import Proxy, send_json
 from orchestrator.registry import Registry, Target
@@ -145,6 +146,7 @@ class OpenAIEndpoint:
         self.maintenance = Maintenance()
         self._entry: ASGIApp = self._dispatch  # add_cors puts CORS in front
         self._finishing: set[asyncio.Task[None]] = set()  # idempotent answers being kept
+        self.request_metrics: RequestMetrics | None = None  # app.py's
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         await self._entry(scope, receive, send)
@@ -190,6 +192,27 @@ class OpenAIEndpoint:
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         began = time.perf_counter()
+        if self.request_metrics is None:
+            await self._handle(scope, receive, send, began, {})
+            return
+        seen: dict[str, Any] = {"status": 0, "first_byte": None, "model": ""}
+
+        async def observed(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+            elif message["type"] == "http.response.body" and seen["first_byte"] is None and message.get("body"):
+                seen["first_byte"] = time.perf_counter() - began
+            await send(message)
+
+        try:
+            await self._handle(scope, receive, observed, began, seen)
+        finally:
+            if seen["status"]:  # an answer began (a client that left before it counts nowhere)
+                self.request_metrics.finished(seen["model"], scope["path"], seen["status"],
+                                              time.perf_counter() - began, seen["first_byte"])
+
+    async def _handle(self, scope: dict[str, Any], receive: Any, send: Any, began: float,
+                      seen: dict[str, Any]) -> None:
         route = scope["path"]
         request_id = request_id_of(scope)
         declared: int | None = None
@@ -238,6 +261,7 @@ class OpenAIEndpoint:
                 if principal is not None:  # before resolving: a limited key learns nothing of other models
                     self._require_model(principal, payload["model"])
                 target = self.registry.resolve(payload["model"], route)
+                seen["model"] = target.model_id
                 if idempotency_key is not None and self.idempotency is not None:
                     owner = (principal.quota_id or principal.key_id or "") if principal is not None else ""
                     claim = (owner, idempotency_key, fingerprint(payload))
@@ -332,7 +356,8 @@ class OpenAIEndpoint:
         service = self.scheduler.services.get(model_id)
         return service is not None and service.state is not State.READY
 
-    @staticmethod
-    async def _error(send: Any, exc: ServiceError, request_id: bytes) -> None:
+    async def _error(self, send: Any, exc: ServiceError, request_id: bytes) -> None:
+        if self.request_metrics is not None:
+            self.request_metrics.refusal(exc.status, exc.code)
         headers = [(b"x-request-id", request_id), *((k.lower().encode(), v.encode()) for k, v in exc.headers().items())]
         await send_json(send, exc.status, exc.body(), headers)

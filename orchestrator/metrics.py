@@ -1,6 +1,8 @@
 """Prometheus metrics of the scheduler: loads and load time, stops and why,
 crashes, waits, and, read at scrape time, each service's state, queue and
-memory and each pool's (host, GPU) budget and reservations.
+memory and each pool's (host, GPU) budget and reservations. And of the
+requests (RequestMetrics): by model, route and status, their latency and
+time to first byte, and the refusals before any model (auth, limits).
 
 One registry per app (not prometheus-client's global one), so that several
 apps in one process (tests) do not collide. GET /metrics serves it.
@@ -20,6 +22,45 @@ if TYPE_CHECKING:
 
 LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60)
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# What a refused request's code says about why, for modelyard_requests_refused.
+REFUSALS = (401, 403, 413, 429)
+
+
+class RequestMetrics:
+    """The model routes' requests. `model` is a configured model id, or ""
+    when the request never got to one (an unknown name, invalid JSON): never
+    a client's string, so the series stay few."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "modelyard_requests", "Requests on the model routes, by model, route and status.",
+            ["model", "route", "status"], registry=registry,
+        )
+        self.seconds = Histogram(
+            "modelyard_request_seconds", "Arrival to the end of the answer (whole stream included).",
+            ["model", "route"], buckets=REQUEST_BUCKETS, registry=registry,
+        )
+        self.first_byte = Histogram(
+            "modelyard_request_first_byte_seconds",
+            "Arrival to the first byte of the answer's body: for a stream, its first event (time to first token).",
+            ["model", "route"], buckets=REQUEST_BUCKETS, registry=registry,
+        )
+        self.refused = Counter(
+            "modelyard_requests_refused",
+            "Requests refused before any model, by code (missing_api_key, insufficient_scope, rate_limited, "
+            "quota_exceeded, body_too_large ...).", ["code"], registry=registry,
+        )
+
+    def finished(self, model: str, route: str, status: int, seconds: float, first_byte: float | None) -> None:
+        self.requests.labels(model, route, str(status)).inc()
+        self.seconds.labels(model, route).observe(seconds)
+        if first_byte is not None:
+            self.first_byte.labels(model, route).observe(first_byte)
+
+    def refusal(self, status: int, code: str | None) -> None:
+        if status in REFUSALS and code:
+            self.refused.labels(code).inc()
 
 
 class SchedulerMetrics:
