@@ -135,6 +135,21 @@ class LoraConfig(_Strict):
         return self.model_dump(exclude={"adapters"})
 
 
+class Prices(_Strict):
+    """`prices:` of a model: what its use costs, for cost tracking per key and model
+    (orchestrator/accounting.py). Amounts in settings.currency; all add up."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    per_1k_prompt_tokens: float = Field(0.0, ge=0, description="Per 1,000 tokens of input (prompt, embeddings).")
+    per_1k_completion_tokens: float = Field(0.0, ge=0, description="Per 1,000 tokens generated.")
+    per_image: float = Field(0.0, ge=0, description="Per image generated or classified.")
+    per_audio_second: float = Field(0.0, ge=0, description="Per second of audio generated.")
+    per_gpu_second: float = Field(0.0, ge=0, description="Per second a request held the model's service, "
+                                  "times the GPUs the service runs on (0 on the CPU).")
+    per_request: float = Field(0.0, ge=0, description="Per request answered.")
+
+
 class ModelConfig(_Strict):
     """One entry under `models:`. The key in the mapping is the model id."""
 
@@ -214,6 +229,12 @@ class ModelConfig(_Strict):
         None, gt=0, description="Requests per minute this model accepts from all clients together (a token bucket "
         "holding one second's worth); beyond it, 429 rate_limited. Null: no limit."
     )
+    tpm: float | None = Field(
+        None, gt=0, description="Tokens per minute (prompt and completion) this model accepts from all clients "
+        "together. A request is admitted while the bucket holds a token; its tokens are taken when its answer "
+        "is known, so a large answer delays the next ones. Null: no limit."
+    )
+    prices: Prices = Field(default_factory=Prices, description="What its use costs (cost tracking).")  # type: ignore[arg-type]
     lora: LoraConfig | None = Field(
         None, description="Engine vllm: serve LoRA adapters of this model, each under a model name of its own."
     )
@@ -305,6 +326,55 @@ class JwtSettings(_Strict):
         return self
 
 
+class CaptureSettings(_Strict):
+    """`settings.capture`: keep request and response bodies, encrypted at rest
+    (orchestrator/capture.py, docs/SECURITY.md), for debugging and drift.
+    The master key comes from key_file or key_env: 64 hex characters or the
+    base64 of 32 bytes (`python -m orchestrator.capture_cli new-key`)."""
+
+    enabled: bool = Field(False, description="Keep the bodies of requests to the models (and their answers).")
+    key_file: str | None = Field(None, description="File holding the current master key.")
+    key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                description="Environment variable holding the current master key.")
+    old_key_files: list[str] = Field(default_factory=list, description="Earlier master keys still needed to "
+                                     "read older records, until `capture_cli rotate` re-wraps them.")
+    old_key_envs: list[str] = Field(default_factory=list, description="The same, from environment variables.")
+    max_body_mb: float = Field(8.0, gt=0, le=1024, description="Each body is kept up to this size (cut beyond).")
+    retention_days: float = Field(30.0, gt=0, description="Records older than this are deleted.")
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> "CaptureSettings":
+        if self.enabled and (self.key_file is None) == (self.key_env is None):
+            raise ValueError("capture is enabled: give exactly one of key_file and key_env (the master key)")
+        return self
+
+
+class TracingSettings(_Strict):
+    """`settings.tracing`: OpenTelemetry spans of the model routes, sent over
+    OTLP/HTTP (orchestrator/tracing.py)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    enabled: bool = Field(False, description="Send a trace of every request to a model (default off).")
+    endpoint: str = Field("http://127.0.0.1:4318/v1/traces", pattern=r"^https?://",
+                          description="The collector's OTLP/HTTP traces URL.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Headers for the collector (e.g. its "
+                                    "API key; use ${ENV} references to keep secrets out of this file).")
+    service_name: str = Field("modelyard", min_length=1, description="service.name of the spans.")
+    sample_ratio: float = Field(1.0, ge=0, le=1, description="Share of traces kept (a client's sampled "
+                                "traceparent is followed either way).")
+    export_interval: float = Field(2.0, gt=0, le=60, description="Seconds between batches sent.")
+
+    def resolved_headers(self) -> dict[str, str]:
+        """headers with each ${NAME} replaced by that environment variable (ValueError naming one unset)."""
+        def value_of(match: re.Match[str]) -> str:
+            if match.group(1) not in os.environ:
+                raise ValueError(f"settings.tracing.headers: ${{{match.group(1)}}} is not set in the environment")
+            return os.environ[match.group(1)]
+
+        return {name: _PLACEHOLDER.sub(value_of, value) for name, value in self.headers.items()}
+
+
 class AuthSettings(_Strict):
     """`settings.auth`: who may use the endpoint (orchestrator/auth.py, docs/SECURITY.md)."""
 
@@ -391,6 +461,12 @@ class Settings(_Strict):
         86400.0, gt=0, description="Seconds the answer to a request with an Idempotency-Key is kept for its retries."
     )
     auth: AuthSettings = Field(default_factory=AuthSettings)  # type: ignore[arg-type]
+    audit_requests: bool = Field(True, description="Write every request to a model in the audit log (who, which "
+                                 "model, status), not only admin actions.")
+    capture: CaptureSettings = Field(default_factory=CaptureSettings)  # type: ignore[arg-type]
+    tracing: TracingSettings = Field(default_factory=TracingSettings)  # type: ignore[arg-type]
+    currency: str = Field("USD", min_length=1, max_length=12, description="What models' prices are in "
+                          "(a label for usage reports).")
 
 
 class GroupConfig(_Strict):

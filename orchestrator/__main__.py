@@ -20,11 +20,12 @@ import uvloop
 
 from core.config import ROOT_DIR, ConfigError, load_config
 from core.errors import ServiceError
-from core.instance import InstanceLocked, acquire_lock, instance_id
 from core.gpu import discover
+from core.instance import InstanceLocked, acquire_lock, instance_id
 from core.logs import configure_logging, log_event
 from core.process import reap_orphans
 from orchestrator.app import create_app
+from orchestrator.capture import keyring_of
 from orchestrator.jwt_auth import JwtVerifier
 from orchestrator.scheduler import Scheduler
 
@@ -156,6 +157,18 @@ def main(argv: list[str] | None = None) -> int:
             JwtVerifier(settings.auth.jwt)  # its secret or JWKS must be there before we serve
         except ValueError as err:
             print(f"modelyard: {err}", file=sys.stderr)
+            return 2
+    if settings.tracing.enabled:
+        try:
+            settings.tracing.resolved_headers()  # a header's ${VAR} must be set before we serve
+        except ValueError as err:
+            print(f"modelyard: {err}", file=sys.stderr)
+            return 2
+    if settings.capture.enabled:
+        try:
+            keyring_of(settings.capture)  # its master key must be there before we serve
+        except ValueError as err:
+            print(f"modelyard: settings.capture: {err}", file=sys.stderr)
             return 2
     if args.check:
         print(f"{args.config}: ok ({len(config.models)} models)")

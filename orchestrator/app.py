@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,14 +22,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.responses import JSONResponse, Response
 
 from core.config import Config, ConfigError, load_config
-from core.errors import ServiceError
-from core.logs import log_event
 from core.engines import launch_spec
+from core.errors import ServiceError
 from core.gpu import Inventory
 from core.http_errors import install_error_handlers
+from core.logs import log_event
+from orchestrator.accounting import Ledger
 from orchestrator.adapters import Adapters
 from orchestrator.admin import build_admin_router
+from orchestrator.audit import AuditLog
+from orchestrator.audit_api import build_audit_router
 from orchestrator.auth import Authenticator, Principal
+from orchestrator.capture import CaptureStore, keyring_of
+from orchestrator.capture_api import build_capture_router
 from orchestrator.endpoint import ROUTES, OpenAIEndpoint
 from orchestrator.files import SignedFiles, build_files_router, load_or_create_key
 from orchestrator.footprints import Footprints
@@ -36,18 +42,22 @@ from orchestrator.idempotency import IdempotencyStore
 from orchestrator.jwt_auth import JwtVerifier
 from orchestrator.keys import KeyStore
 from orchestrator.keys_api import build_keys_router
-from orchestrator.limits import Limiter, RequestQuotas
+from orchestrator.limits import Limiter, Quotas
 from orchestrator.metrics import RequestMetrics, SchedulerCollector, SchedulerMetrics
 from orchestrator.proxy import Proxy
 from orchestrator.registry import Registry
+from orchestrator.request_log import RequestLog
 from orchestrator.scheduler import Scheduler
+from orchestrator.tracing import Tracing
+from orchestrator.usage_api import build_usage_router
 
 log = logging.getLogger("modelyard.orchestrator")
 
 
 # Settings that only a restart can change: reload keeps their old values.
 RESTART_SETTINGS = ("host", "port", "gpus", "upstream_timeout", "log_level", "auth", "cors_origins",
-                    "idempotency_ttl")
+                    "idempotency_ttl", "tracing")
+# settings.capture: its keys and limits apply on reload (key rotation needs no restart); turning it on or off does not.
 
 
 def create_app(
@@ -62,7 +72,10 @@ def create_app(
     )
     registry = Registry(config, adapters)
     keys = KeyStore(config.state_path() / "keys.db")
-    quotas = RequestQuotas(keys.db)
+    quotas = Quotas(keys.db)
+    ledger = Ledger(config.state_path() / "usage.db")
+    audit = AuditLog(config.state_path() / "audit.db")
+    captures = open_captures(config)
     idempotency = IdempotencyStore(config.state_path() / "idempotency.db", config.settings.idempotency_ttl)
     if config.settings.auth.enabled and not any(k.role == "admin" and k.state() == "active" for k in keys.all()):
         log_event(log, "auth is on and no active admin key exists; make one with: python -m orchestrator.keys_cli "
@@ -78,7 +91,8 @@ def create_app(
         SchedulerMetrics(metrics_registry),
     )
     metrics_registry.register(SchedulerCollector(scheduler))
-    proxy = Proxy(config.settings.upstream_timeout)
+    tracing = Tracing(config.settings.tracing)
+    proxy = Proxy(config.settings.upstream_timeout, tracing)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -86,18 +100,29 @@ def create_app(
         await proxy.start()
         cleaner = asyncio.create_task(files.clean_forever())
         counter = asyncio.create_task(quotas.flush_forever())
+        accountant = asyncio.create_task(ledger.flush_forever())
+        pruner = asyncio.create_task(prune_captures_forever(captures, scheduler)) if captures else None
         app.state.ready = True
         yield
         app.state.ready = False
         cleaner.cancel()
         counter.cancel()
-        quotas.flush()
+        accountant.cancel()
+        if pruner is not None:
+            pruner.cancel()
         await scheduler.shutdown()
         await proxy.close()
         await adapters.close()
-        footprints.close()
-        keys.close()
-        idempotency.close()
+        # After the scheduler's shutdown: the last answers' tokens, usage and entries are kept. Each on its
+        # own: one that fails does not keep the others from closing.
+        closing = [quotas.flush, footprints.close, keys.close, idempotency.close, ledger.close, audit.close,
+                   *([captures.close] if captures is not None else [])]
+        for close in closing:
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - logged; the rest still close
+                log.exception("closing %s failed", getattr(close, "__qualname__", close))
+        await asyncio.to_thread(tracing.shutdown)  # the last spans out (an HTTP call)
 
     app = FastAPI(title="modelyard", version="0.1.0", lifespan=lifespan)
     app.state.config = config
@@ -105,11 +130,17 @@ def create_app(
     app.state.adapters = adapters
     app.state.files = files
     app.state.keys = keys
+    app.state.ledger = ledger
+    app.state.audit = audit
+    app.state.captures = captures
     app.state.ready = False
     install_error_handlers(app, "orchestrator")
     app.include_router(build_admin_router())
     app.include_router(build_files_router())
     app.include_router(build_keys_router())
+    app.include_router(build_usage_router())
+    app.include_router(build_audit_router())
+    app.include_router(build_capture_router())
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
@@ -195,6 +226,9 @@ def create_app(
     endpoint = OpenAIEndpoint(app, registry, scheduler, proxy, body_limit_of(config))
     endpoint.files = files
     endpoint.limiter = Limiter(quotas)
+    endpoint.ledger = ledger
+    endpoint.tracing = tracing
+    endpoint.request_log = RequestLog(audit, captures, config.settings.audit_requests)
     endpoint.request_metrics = RequestMetrics(metrics_registry)
     endpoint.idempotency = idempotency
     app.state.maintenance = endpoint.maintenance
@@ -219,6 +253,14 @@ def create_app(
             raise ServiceError(
                 400, f"the configuration was not reloaded (the running one stays): {err}", code="invalid_config"
             ) from None
+        keyring = None
+        if captures is not None and new.settings.capture.enabled:
+            try:  # the new keys must load before anything is applied
+                keyring = await asyncio.to_thread(keyring_of, new.settings.capture)
+            except ValueError as err:
+                log_event(log, "reload rejected", logging.ERROR, problems=[f"settings.capture: {err}"])
+                raise ServiceError(400, f"the configuration was not reloaded (the running one stays): "
+                                   f"settings.capture: {err}", code="invalid_config") from None
         if not new.models and scheduler.config.models:
             # Most likely a file caught half-written by an editor: refuse rather than stop everything.
             log_event(log, "reload rejected", logging.ERROR, problems=["the new file has no models"])
@@ -229,17 +271,23 @@ def create_app(
                 code="reload_refused",
             )
         # Shielded: a caller that goes away must not leave a reload half done.
-        return await asyncio.shield(apply(new, drain))
+        return await asyncio.shield(apply(new, drain, keyring))
 
-    async def apply(new: Config, drain: float) -> dict[str, Any]:
+    async def apply(new: Config, drain: float, keyring: Any = None) -> dict[str, Any]:
         async with reloading:  # reloads apply one after another, in order
             current = scheduler.config.settings
             kept = [name for name in RESTART_SETTINGS if getattr(new.settings, name) != getattr(current, name)]
+            if new.settings.capture.enabled != current.capture.enabled:
+                kept.append("capture")  # turning capture on or off takes a restart; until then, the old one
             if kept:
                 new.settings = new.settings.model_copy(update={name: getattr(current, name) for name in kept})
             # No await between these and the scheduler's first step: no request
             # sees a name the scheduler does not know yet.
             registry.update(new)
+            if keyring is not None and captures is not None:
+                captures.set_keyring(keyring)  # new records under the new current key; older ones stay readable
+                captures.max_bytes = int(new.settings.capture.max_body_mb * 1024 * 1024)
+            endpoint.request_log.audit_requests = new.settings.audit_requests
             endpoint.body_limit = body_limit_of(new)
             files.set_ttl(new.settings.file_ttl)
             app.state.config = new
@@ -251,6 +299,29 @@ def create_app(
     app.state.reload = reload
     endpoint.reload = reload
     return endpoint
+
+
+def open_captures(config: Config) -> CaptureStore | None:
+    """The encrypted capture store when settings.capture is on. Its key must
+    load: __main__ checked it before we got here."""
+    settings = config.settings.capture
+    if not settings.enabled:
+        return None
+    return CaptureStore(config.state_path() / "captures.db", keyring_of(settings),
+                        max_bytes=int(settings.max_body_mb * 1024 * 1024))
+
+
+async def prune_captures_forever(captures: CaptureStore, scheduler: Scheduler, every: float = 3600.0) -> None:
+    """Delete records older than settings.capture.retention_days, hourly."""
+    while True:
+        days = scheduler.config.settings.capture.retention_days
+        try:
+            removed = await asyncio.to_thread(captures.prune, time.time() - days * 86400)
+            if removed:
+                log_event(log, "old captures deleted", records=removed, retention_days=days)
+        except Exception:  # noqa: BLE001 - the next round tries again
+            log.exception("deleting old captures failed")
+        await asyncio.sleep(every)
 
 
 def body_limit_of(config: Config) -> int:

@@ -23,8 +23,10 @@ from dataclasses import dataclass
 
 from core.errors import ServiceError
 from orchestrator.keys import ApiKey, KeyRejected, KeyStore
+from orchestrator.limits import QuotaSpec
 
-SCOPES = ("models:read", "inference", "metrics:read", "admin:read", "admin:models", "admin:keys")
+SCOPES = ("models:read", "inference", "metrics:read", "admin:read", "admin:models", "admin:keys", "audit:read",
+          "captures:read")
 ROLE_SCOPES: dict[str, frozenset[str]] = {
     "viewer": frozenset({"models:read"}),
     "member": frozenset({"models:read", "inference"}),
@@ -42,17 +44,20 @@ class Principal:
     models: frozenset[str] | None = None  # None: every model
     key_id: str | None = None  # an API key's id, or jwt:<subject>
     tenant: str | None = None
-    rpm: float | None = None  # the key's rate limit (orchestrator/limits.py)
-    quota: tuple[int, str] | None = None  # the key's request quota: (requests, "day" or "month")
+    rpm: float | None = None  # the key's rate limits (orchestrator/limits.py): requests per minute
+    tpm: float | None = None  # and tokens per minute
+    quota: QuotaSpec | None = None  # the key's quotas per day or month
     quota_id: str | None = None  # what its quota is counted under: the key's lineage
 
     @classmethod
     def of(cls, key: ApiKey) -> Principal:
         scopes = ROLE_SCOPES[key.role] | frozenset(key.scopes)
         models = None if key.models is None else frozenset(key.models)
-        quota = (key.quota_requests, key.quota_period or "day") if key.quota_requests is not None else None
+        quota = None
+        if key.quota_requests is not None or key.quota_tokens is not None:
+            quota = QuotaSpec(key.quota_period or "day", key.quota_requests, key.quota_tokens)
         return cls(name=key.name, role=key.role, scopes=scopes, models=models, key_id=key.id, rpm=key.rpm,
-                   quota=quota, quota_id=key.lineage)
+                   tpm=key.tpm, quota=quota, quota_id=key.lineage)
 
     def require(self, scope: str) -> None:
         if scope not in self.scopes:
@@ -81,6 +86,10 @@ def required_scope(method: str, path: str) -> str | None:
         return None
     if path == "/admin/keys" or path.startswith("/admin/keys/"):
         return "admin:keys"
+    if path == "/admin/audit" or path.startswith("/admin/audit/"):
+        return "audit:read"
+    if path == "/admin/captures" or path.startswith("/admin/captures/"):
+        return "captures:read"  # prompts and answers: admins only, or a key given this scope
     if path.startswith("/admin/"):
         return "admin:read" if method in ("GET", "HEAD") else "admin:models"
     if path == "/metrics":

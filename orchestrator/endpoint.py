@@ -38,6 +38,7 @@ from core.protocol import (
     PredictRequest,
     parse_keep_alive,
 )
+from orchestrator.accounting import Ledger
 from orchestrator.auth import Authenticator, Principal
 from orchestrator.files import SignedFiles, base_url
 from orchestrator.idempotency import REPLAYED, Capture, IdempotencyStore, fingerprint, key_of, send_answer
@@ -46,7 +47,10 @@ from orchestrator.metrics import RequestMetrics
 from orchestrator.progress import AfterHeaders, acquire_with_progress
 from orchestrator.proxy import Proxy, send_json
 from orchestrator.registry import Registry, Target
+from orchestrator.request_log import CLIENT_GONE, RequestLog
 from orchestrator.scheduler import Lease, Scheduler, State
+from orchestrator.tracing import Tracing
+from orchestrator.usage import STREAM_ROUTES, StreamUsage, ask_for_stream_usage, prompt_estimate
 
 ROUTES: dict[str, type[BaseModel]] = {
     "/v1/chat/completions": ChatCompletionRequest,
@@ -147,6 +151,9 @@ class OpenAIEndpoint:
         self._entry: ASGIApp = self._dispatch  # add_cors puts CORS in front
         self._finishing: set[asyncio.Task[None]] = set()  # idempotent answers being kept
         self.request_metrics: RequestMetrics | None = None  # app.py's
+        self.ledger: Ledger | None = None  # usage and cost per key and model (app.py's)
+        self.request_log = RequestLog(None, None, False)  # audit entries and captured bodies (app.py's)
+        self.tracing = Tracing(None)  # OpenTelemetry spans (app.py's; off by default)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         await self._entry(scope, receive, send)
@@ -175,46 +182,68 @@ class OpenAIEndpoint:
             await self.app(scope, receive, send)
             return
         request_id = request_id_of(scope)
+        method, path = scope["method"], scope["path"]
+        audited = self.request_log.audits_admin(method, path)
+        status = 0
 
         async def send_with_id(message: dict[str, Any]) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id)]}
             await send(message)
 
+        principal: Principal | None = None
         if self.auth is not None:
             try:
-                principal = self.auth.admit(scope["method"], scope["path"], scope["headers"])
+                principal = self.auth.admit(method, path, scope["headers"])
             except ServiceError as exc:
                 await self._error(send, exc, request_id)
+                if path.startswith("/admin/"):  # a refused attempt at any admin route is worth knowing about
+                    self.request_log.admin_request(method, path, request_id, None, exc.status, {"code": exc.code})
                 return
             scope.setdefault("state", {})["principal"] = principal  # request.state.principal
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if audited:  # routes may leave details for the entry in request.state.audit_detail
+                detail = scope.get("state", {}).get("audit_detail")
+                self.request_log.admin_request(method, path, request_id, principal, status, detail)
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         began = time.perf_counter()
-        if self.request_metrics is None:
-            await self._handle(scope, receive, send, began, {})
-            return
-        seen: dict[str, Any] = {"status": 0, "first_byte": None, "model": ""}
+        request_id = request_id_of(scope)
+        # What _handle learns on the way (who asks, which model, the body), for metrics, audit and capture.
+        seen: dict[str, Any] = {"status": 0, "first_byte": None, "model": "", "principal": None, "body": None,
+                                "gone": False}
+        tap = self.request_log.tap(send)
 
         async def observed(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 seen["status"] = message["status"]
             elif message["type"] == "http.response.body" and seen["first_byte"] is None and message.get("body"):
                 seen["first_byte"] = time.perf_counter() - began
-            await send(message)
+            await tap(message)
 
         try:
-            await self._handle(scope, receive, observed, began, seen)
+            with self.tracing.request("POST", scope["path"], scope["headers"], request_id) as span:
+                try:
+                    await self._handle(scope, receive, observed, began, seen, request_id)
+                finally:
+                    self.tracing.finish(span, seen["status"], seen["model"])
         finally:
-            if seen["status"]:  # an answer began (a client that left before it counts nowhere)
-                self.request_metrics.finished(seen["model"], scope["path"], seen["status"],
-                                              time.perf_counter() - began, seen["first_byte"])
+            route = scope["path"]
+            if seen["status"] and self.request_metrics is not None:  # a client that left before an answer: none
+                self.request_metrics.finished(seen["model"], route, seen["status"], time.perf_counter() - began,
+                                              seen["first_byte"])
+            if seen["status"] or seen["body"] is not None or seen["gone"]:
+                status = CLIENT_GONE if seen["gone"] else seen["status"]  # left before the end: 499, as nginx logs
+                self.request_log.model_request(route, request_id, seen["principal"], seen["model"], status,
+                                               seen["body"], tap)
 
     async def _handle(self, scope: dict[str, Any], receive: Any, send: Any, began: float,
-                      seen: dict[str, Any]) -> None:
+                      seen: dict[str, Any], request_id: bytes) -> None:
         route = scope["path"]
-        request_id = request_id_of(scope)
         declared: int | None = None
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit():
@@ -224,12 +253,14 @@ class OpenAIEndpoint:
             if self.maintenance.enabled:
                 raise ServiceError(503, self.maintenance.reason(), code="maintenance", retry_after=60)
             # The credential first: a body from someone without one is not worth reading.
-            principal = self.auth.admit("POST", route, scope["headers"]) if self.auth is not None else None
-            body = await read_body(receive, declared, self.body_limit)
+            with self.tracing.step("auth"):
+                principal = seen["principal"] = self.auth.admit("POST", route, scope["headers"]) if self.auth else None
+            body = seen["body"] = await read_body(receive, declared, self.body_limit)
         except ServiceError as exc:
             await self._error(send, exc, request_id)
             return
         except ClientGone:
+            seen["gone"] = True
             return
 
         # From here on the client's side of the connection only says one more
@@ -258,9 +289,10 @@ class OpenAIEndpoint:
                 if idempotency_key is not None and payload.get("stream") is True:
                     raise ServiceError(400, "Idempotency-Key is not supported with stream: true",
                                        code="idempotency_unsupported", param="stream")
-                if principal is not None:  # before resolving: a limited key learns nothing of other models
-                    self._require_model(principal, payload["model"])
-                target = self.registry.resolve(payload["model"], route)
+                with self.tracing.step("route"):
+                    if principal is not None:  # before resolving: a limited key learns nothing of other models
+                        self._require_model(principal, payload["model"])
+                    target = self.registry.resolve(payload["model"], route)
                 seen["model"] = target.model_id
                 if idempotency_key is not None and self.idempotency is not None:
                     owner = (principal.quota_id or principal.key_id or "") if principal is not None else ""
@@ -274,9 +306,14 @@ class OpenAIEndpoint:
                     idempotent = claim
                     state["keep"] = True  # run to the end even if the client leaves: its retry gets the answer
                     send = capture = Capture(send, self._answer_transform(scope))
-                self.limiter.admit(principal, target.model_id, target.model.rpm)
+                self.limiter.admit(principal, target.model_id, target.model.rpm, target.model.tpm)
                 keep_alive = payload.pop("keep_alive", None)
-                if payload["model"] != target.upstream or keep_alive is not None:
+                # Every stream asks for its usage event (tokens are counted from it); one the client did
+                # not ask for is dropped on the way back.
+                meter = None
+                if payload.get("stream") is True and route in STREAM_ROUTES:
+                    meter = StreamUsage(ask_for_stream_usage(payload), prompt_estimate(payload))
+                if payload["model"] != target.upstream or keep_alive is not None or meter is not None:
                     payload["model"] = target.upstream
                     body = orjson.dumps(payload)
                 seconds = None if keep_alive is None else parse_keep_alive(keep_alive)
@@ -286,17 +323,21 @@ class OpenAIEndpoint:
                         lambda: self._acquire(target, seconds), target.model_id, send, request_id
                     )
                     if lease is not None:
-                        await self.proxy.forward(lease, route, body, request_id, began, AfterHeaders(send))
+                        await self.proxy.forward(lease, route, body, request_id, began, AfterHeaders(send),
+                                                 meter=meter)
                     return
-                lease = await self._acquire(target, seconds)
+                with self.tracing.step("model.acquire", **{"modelyard.model": target.model_id}):
+                    lease = await self._acquire(target, seconds)
             except ServiceError as exc:
                 answered = True
                 await self._error(send, exc, request_id)
                 return
             transform = None if capture is not None else self._answer_transform(scope)  # the capture transforms
-            await self.proxy.forward(lease, route, body, request_id, began, send, transform)
+            with self.tracing.step("upstream", **{"modelyard.model": target.model_id}):
+                await self.proxy.forward(lease, route, body, request_id, began, send, transform, meter)
         except asyncio.CancelledError:
             if state["gone"]:
+                seen["gone"] = True
                 task.uncancel()  # cancelled by watch_client: the client left; nothing to answer
                 return
             if answered or (lease is not None and lease.responded):
@@ -315,6 +356,8 @@ class OpenAIEndpoint:
         finally:
             state["done"] = True
             watcher.cancel()
+            if lease is not None and lease.usage is not None:
+                self._account(principal, target, lease)
             if idempotent is not None and self.idempotency is not None:
                 # Only what the model's service answered is kept; the gateway's refusals depend on the moment.
                 answer = capture.answer() if capture is not None and lease is not None and lease.responded else None
@@ -322,6 +365,23 @@ class OpenAIEndpoint:
                 finishing = asyncio.create_task(self.idempotency.finish(*idempotent, answer, ttl))
                 self._finishing.add(finishing)
                 finishing.add_done_callback(self._finishing.discard)
+
+    def _account(self, principal: Principal | None, target: Target, lease: Lease) -> None:
+        """Count what a successful answer used: against the token limits, in
+        the ledger (usage and cost) and in the metrics. Never fails the request."""
+        usage = lease.usage
+        assert usage is not None
+        try:
+            usage.gpu_seconds = (time.monotonic() - lease.granted) * lease.service.gpus
+            self.limiter.spend_tokens(principal, target.model_id, target.model.tpm, usage.tokens)
+            cost = 0.0
+            if self.ledger is not None:
+                key_id = principal.key_id if principal is not None else None
+                cost = self.ledger.record(key_id, target.model_id, usage, target.model.prices)
+            if self.request_metrics is not None:
+                self.request_metrics.used(target.model_id, usage, cost)
+        except Exception:  # noqa: BLE001 - accounting must not turn an answer into an error
+            log.exception("counting the usage of a request to %s failed", target.model_id)
 
     async def _acquire(self, target: Target, keep_alive: float | None) -> Lease:
         """A lease on the target's service, with the target's adapter loaded in it."""

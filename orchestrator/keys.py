@@ -7,8 +7,8 @@ random and long, so a fast hash is enough (a slow one is for passwords).
 
 Every key has a name, an optional owner, a role (viewer, member, admin),
 extra scopes, an optional list of the models it may use, an optional expiry,
-optional limits (requests per minute, requests per day or month:
-orchestrator/limits.py) and once revoked, when. Rotation makes a new key with the same settings and
+optional limits (requests and tokens per minute, requests and tokens per
+day or month: orchestrator/limits.py) and once revoked, when. Rotation makes a new key with the same settings and
 ends the old one now or after a grace period.
 
 The orchestrator keeps every key in memory and notices rows written by
@@ -32,13 +32,31 @@ from typing import Any
 import sqlite_utils
 
 from core.storage import open_database
-from orchestrator.limits import create_quota_table
+from orchestrator.limits import add_quota_tokens, create_quota_table
 
 KEY_PREFIX = "my-"
 _KEY = re.compile(r"^my-([0-9a-f]{12})-([A-Za-z0-9_-]{43})$")
 ROLES = ("viewer", "member", "admin")
 QUOTA_PERIODS = ("day", "month")
 REFRESH_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class KeyLimits:
+    """What a key may use (orchestrator/limits.py); None: no limit."""
+
+    rpm: float | None = None  # requests per minute
+    tpm: float | None = None  # tokens per minute
+    quota_requests: int | None = None  # requests per quota_period
+    quota_tokens: int | None = None  # tokens per quota_period
+    quota_period: str | None = None  # "day" or "month" (UTC), with either quota
+
+    def check(self) -> None:
+        quotas = [q for q in (self.quota_requests, self.quota_tokens) if q is not None]
+        if any(q < 0 for q in quotas):
+            raise ValueError("a quota must be a count of at least 0")
+        if quotas and self.quota_period not in QUOTA_PERIODS:
+            raise ValueError(f"a quota needs a period: {' or '.join(QUOTA_PERIODS)}")
 
 
 @dataclass(frozen=True)
@@ -56,6 +74,8 @@ class ApiKey:
     rpm: float | None = None  # requests per minute (orchestrator/limits.py); None: no limit
     quota_requests: int | None = None  # requests per quota_period; None: no quota
     quota_period: str | None = None  # "day" or "month" (UTC)
+    tpm: float | None = None  # tokens per minute
+    quota_tokens: int | None = None  # tokens per quota_period
     lineage: str = ""  # the first key of its rotations: quotas count per lineage, not per key
     hash: str = ""
 
@@ -66,6 +86,9 @@ class ApiKey:
         if self.expires is not None and self.expires <= now:
             return "expired"
         return "active"
+
+    def limits(self) -> KeyLimits:
+        return KeyLimits(self.rpm, self.tpm, self.quota_requests, self.quota_tokens, self.quota_period)
 
     def public(self) -> dict[str, Any]:
         """What the admin API and the CLI show: everything but the hash."""
@@ -103,7 +126,13 @@ def _add_limits(db: sqlite_utils.Database) -> None:
     create_quota_table(db)
 
 
-MIGRATIONS = [_create_table, _add_limits]
+def _add_token_limits(db: sqlite_utils.Database) -> None:
+    db["api_keys"].add_column("tpm", float)
+    db["api_keys"].add_column("quota_tokens", int)
+    add_quota_tokens(db)
+
+
+MIGRATIONS = [_create_table, _add_limits, _add_token_limits]
 
 
 def hash_key(key: str) -> str:
@@ -123,13 +152,15 @@ def _from_row(row: dict[str, Any]) -> ApiKey:
         id=row["id"], name=row["name"], role=row["role"], scopes=tuple(json.loads(row["scopes"])),
         models=None if models is None else tuple(models), owner=row["owner"], created=row["created"],
         expires=row["expires"], revoked=row["revoked"], replaced_by=row["replaced_by"], rpm=row["rpm"],
-        quota_requests=row["quota_requests"], quota_period=row["quota_period"], lineage=row["lineage"] or row["id"],
+        quota_requests=row["quota_requests"], quota_period=row["quota_period"], tpm=row["tpm"],
+        quota_tokens=row["quota_tokens"], lineage=row["lineage"] or row["id"],
         hash=row["hash"],
     )
 
 
 class KeyStore:
     def __init__(self, path: Path) -> None:
+        self.path = path
         self.db = open_database(path, MIGRATIONS)
         self._keys: dict[str, ApiKey] = {}
         self._version = -1
@@ -188,19 +219,18 @@ class KeyStore:
         models: tuple[str, ...] | None,
         owner: str | None,
         expires: float | None,
-        rpm: float | None,
-        quota: tuple[int, str] | None,
+        limits: KeyLimits,
         lineage: str | None,
     ) -> tuple[ApiKey, str]:
         if role not in ROLES:
             raise ValueError(f"role {role!r} is not one of {', '.join(ROLES)}")
-        if quota is not None and (quota[0] < 0 or quota[1] not in QUOTA_PERIODS):
-            raise ValueError(f"quota {quota}: a count of at least 0 per {' or '.join(QUOTA_PERIODS)}")
+        limits.check()
         key_id = secrets.token_hex(6)  # 48 bits: a clash is refused by the primary key, not silently merged
         secret = f"{KEY_PREFIX}{key_id}-{secrets.token_urlsafe(32)}"
         key = ApiKey(id=key_id, name=name, role=role, scopes=tuple(scopes), models=models, owner=owner,
-                     created=time.time(), expires=expires, rpm=rpm, quota_requests=quota[0] if quota else None,
-                     quota_period=quota[1] if quota else None, lineage=lineage or key_id, hash=hash_key(secret))
+                     created=time.time(), expires=expires, rpm=limits.rpm, tpm=limits.tpm,
+                     quota_requests=limits.quota_requests, quota_tokens=limits.quota_tokens,
+                     quota_period=limits.quota_period, lineage=lineage or key_id, hash=hash_key(secret))
         return key, secret
 
     def _insert(self, key: ApiKey) -> None:
@@ -225,12 +255,10 @@ class KeyStore:
         models: tuple[str, ...] | None = None,
         owner: str | None = None,
         expires: float | None = None,
-        rpm: float | None = None,
-        quota: tuple[int, str] | None = None,
+        limits: KeyLimits | None = None,
     ) -> tuple[ApiKey, str]:
-        """A new key and its secret form, which is shown once and never stored.
-        quota: (requests, "day" or "month")."""
-        key, secret = self._new(name, role, scopes, models, owner, expires, rpm, quota, None)
+        """A new key and its secret form, which is shown once and never stored."""
+        key, secret = self._new(name, role, scopes, models, owner, expires, limits or KeyLimits(), None)
         with self.db.conn:
             self._insert(key)
         self._keys[key.id] = key
@@ -261,9 +289,8 @@ class KeyStore:
                 raise KeyError(key_id)
             if old.state() != "active":
                 raise ValueError(f"key {key_id} is {old.state()}; only an active key can be rotated")
-            quota = (old.quota_requests, old.quota_period or "day") if old.quota_requests is not None else None
-            new, secret = self._new(old.name, old.role, old.scopes, old.models, old.owner, old.expires, old.rpm,
-                                    quota, old.lineage)
+            new, secret = self._new(old.name, old.role, old.scopes, old.models, old.owner, old.expires,
+                                    old.limits(), old.lineage)
             self._insert(new)
             until = time.time() + grace
             conn.execute("UPDATE api_keys SET revoked = MIN(COALESCE(revoked, ?), ?), replaced_by = ? WHERE id = ?",

@@ -1,7 +1,7 @@
 """Admin API for API keys (scope admin:keys): create, list, show, revoke, rotate.
 
-    POST   /admin/keys                {name, role, scopes, models, owner, expires_in | expires_at, rpm,
-                                       quota: {requests, period: day | month}}
+    POST   /admin/keys                {name, role, scopes, models, owner, expires_in | expires_at, rpm, tpm,
+                                       quota: {requests, tokens, period: day | month}}
                                       -> 201 {"key": "my-...", ...}: the only time the key is shown
     GET    /admin/keys                -> {"keys": [...]}
     GET    /admin/keys/{id}
@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import ServiceError
 from orchestrator.auth import ROLE_SCOPES, SCOPES, Principal
-from orchestrator.keys import KeyStore
+from orchestrator.keys import KeyLimits, KeyStore
 
 TEN_YEARS = 10 * 365 * 86400.0
 
@@ -28,7 +28,8 @@ TEN_YEARS = 10 * 365 * 86400.0
 class Quota(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    requests: int = Field(ge=0, description="requests per period")
+    requests: int | None = Field(None, ge=0, description="requests per period; null: no limit")
+    tokens: int | None = Field(None, ge=0, description="tokens (prompt and completion) per period; null: no limit")
     period: Literal["day", "month"] = "day"
 
 
@@ -43,7 +44,8 @@ class KeyRequest(BaseModel):
     expires_in: float | None = Field(None, gt=0, le=TEN_YEARS, description="seconds from now")
     expires_at: float | None = Field(None, gt=0, description="unix time")
     rpm: float | None = Field(None, gt=0, description="requests per minute; null: no limit")
-    quota: Quota | None = Field(None, description="requests per UTC day or month; null: no quota")
+    tpm: float | None = Field(None, gt=0, description="tokens per minute; null: no limit")
+    quota: Quota | None = Field(None, description="requests and tokens per UTC day or month; null: no quota")
 
 
 def within_reach(request: Request, role: str, scopes: list[str]) -> None:
@@ -84,10 +86,13 @@ def build_keys_router() -> APIRouter:
         within_reach(request, body.role, body.scopes)
         if body.models is not None and not all(name.strip() for name in body.models):
             raise ServiceError(400, "models: a model name must not be empty", code="invalid_request", param="models")
-        quota = (body.quota.requests, body.quota.period) if body.quota is not None else None
+        quota = body.quota
+        limits = KeyLimits(rpm=body.rpm, tpm=body.tpm, quota_requests=quota.requests if quota else None,
+                           quota_tokens=quota.tokens if quota else None, quota_period=quota.period if quota else None)
         key, secret = keys_of(request).create(body.name, body.role, tuple(body.scopes),
                                               None if body.models is None else tuple(body.models),
-                                              body.owner, expires, body.rpm, quota)
+                                              body.owner, expires, limits)
+        request.state.audit_detail = {"key_id": key.id, "name": key.name, "role": key.role}
         return {"key": secret, **key.public()}
 
     @router.get("")
@@ -115,6 +120,7 @@ def build_keys_router() -> APIRouter:
             new, secret, old = store.rotate(key_id, grace)
         except ValueError as exc:
             raise ServiceError(409, str(exc), code="key_not_active") from None
+        request.state.audit_detail = {"key_id": new.id, "replaces": old.id}
         return {"key": secret, **new.public(), "replaces": old.public()}
 
     return router

@@ -3,7 +3,8 @@ in the state directory's keys.db (a running orchestrator notices within a
 second). This is how the first admin key is made.
 
     python -m orchestrator.keys_cli create --name NAME [--role admin|member|viewer] [--scope S]...
-        [--model ID]... [--owner WHO] [--expires-in 30d] [--rpm 60] [--quota 1000/day]
+        [--model ID]... [--owner WHO] [--expires-in 30d] [--rpm 60] [--tpm 20000] [--quota 1000/day]
+        [--token-quota 500000/day]
     python -m orchestrator.keys_cli list
     python -m orchestrator.keys_cli revoke ID
     python -m orchestrator.keys_cli rotate ID [--grace 1h]
@@ -17,16 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from core.config import ROOT_DIR, ConfigError, load_config
+from core.config import ConfigError
 from core.protocol import parse_keep_alive
+from orchestrator.audit import AuditLog
 from orchestrator.auth import SCOPES
-from orchestrator.keys import QUOTA_PERIODS, ROLES, ApiKey, KeyStore
+from orchestrator.cli_state import add_state_arguments, state_file
+from orchestrator.keys import QUOTA_PERIODS, ROLES, ApiKey, KeyLimits, KeyStore
 
 TEN_YEARS = 10 * 365 * 86400.0
 
@@ -60,15 +61,23 @@ def quota_of(text: str) -> tuple[int, str]:
     """'1000/day' or '50000/month'."""
     count, _, period = text.partition("/")
     if not count.isdigit() or period not in QUOTA_PERIODS:
-        raise argparse.ArgumentTypeError(f"{text!r}: give requests per period, e.g. 1000/day or 50000/month")
+        raise argparse.ArgumentTypeError(f"{text!r}: give a count per period, e.g. 1000/day or 50000/month")
     return int(count), period
+
+
+def limits_of(args: argparse.Namespace) -> KeyLimits:
+    """The key's limits from --rpm, --tpm, --quota and --token-quota (one period for both quotas)."""
+    periods = {quota[1] for quota in (args.quota, args.token_quota) if quota is not None}
+    if len(periods) > 1:
+        raise ValueError("--quota and --token-quota must count over the same period (both /day or both /month)")
+    return KeyLimits(rpm=args.rpm, tpm=args.tpm, quota_requests=args.quota[0] if args.quota else None,
+                     quota_tokens=args.token_quota[0] if args.token_quota else None,
+                     quota_period=periods.pop() if periods else None)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.keys_cli", description="Manage modelyard API keys.")
-    parser.add_argument("--config", default=os.environ.get("MODELYARD_CONFIG", str(ROOT_DIR / "configs/models.yaml")))
-    parser.add_argument("--state-dir", help="state directory (env MODELYARD_STATE_DIR; default: the config's)")
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    add_state_arguments(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     create = commands.add_parser("create", help="make a key (printed once)")
     create.add_argument("--name", required=True)
@@ -78,7 +87,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     create.add_argument("--owner")
     create.add_argument("--expires-in", type=duration, help="e.g. 3600, 12h, 30d (default: never)")
     create.add_argument("--rpm", type=positive, help="requests per minute (default: no limit)")
+    create.add_argument("--tpm", type=positive, help="tokens per minute, prompt and completion (default: no limit)")
     create.add_argument("--quota", type=quota_of, help="requests per UTC day or month, e.g. 1000/day (default: none)")
+    create.add_argument("--token-quota", type=quota_of,
+                        help="tokens per UTC day or month, e.g. 500000/day (default: none)")
     commands.add_parser("list", help="every key, without secrets")
     revoke = commands.add_parser("revoke", help="end a key now")
     revoke.add_argument("id")
@@ -89,11 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def open_store(args: argparse.Namespace) -> KeyStore:
-    if args.state_dir:
-        os.environ["MODELYARD_STATE_DIR"] = str(Path(args.state_dir).resolve())
-        return KeyStore(Path(os.environ["MODELYARD_STATE_DIR"]) / "keys.db")
-    config = load_config(args.config)
-    return KeyStore(config.state_path() / "keys.db")
+    return KeyStore(state_file(args, "keys.db"))
 
 
 def describe(key: ApiKey) -> str:
@@ -104,7 +112,9 @@ def describe(key: ApiKey) -> str:
         expires = str(key.expires)
     scopes = f" +{','.join(key.scopes)}" if key.scopes else ""
     limits = f"; {key.rpm:g}/min" if key.rpm else ""
+    limits += f"; {key.tpm:g} tokens/min" if key.tpm else ""
     limits += f"; {key.quota_requests}/{key.quota_period}" if key.quota_requests is not None else ""
+    limits += f"; {key.quota_tokens} tokens/{key.quota_period}" if key.quota_tokens is not None else ""
     return f"{key.id}  {key.state():8} {key.role:7}{scopes}  {key.name}  ({models}; expires {expires}{limits})"
 
 
@@ -115,15 +125,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"modelyard: invalid configuration\n{err}", file=sys.stderr)
         return 2
+    audited: tuple[str, str, dict[str, Any]] | None = None  # (action, key id, detail) for the audit log
     try:
         output: Any
         if args.command == "create":
             expires = time.time() + args.expires_in if args.expires_in else None
             models = tuple(args.model) if args.model else None
             key, secret = store.create(args.name, args.role, tuple(args.scope), models, args.owner, expires,
-                                       args.rpm, args.quota)
+                                       limits_of(args))
             output = {"key": secret, **key.public()}
             lines = [secret, lambda: f"(shown once) {describe(key)}"]
+            audited = ("keys.create", key.id, {"name": key.name, "role": key.role})
         elif args.command == "list":
             keys = store.all()
             output = {"keys": [key.public() for key in keys]}
@@ -131,10 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "revoke":
             key = store.revoke(args.id)
             output, lines = key.public(), [lambda: f"revoked {describe(key)}"]
+            audited = ("keys.revoke", key.id, {})
         else:
             new, secret, old = store.rotate(args.id, args.grace or 0.0)
             output = {"key": secret, **new.public(), "replaces": old.public()}
             lines = [secret, lambda: f"(shown once) {describe(new)}", lambda: f"replaces {describe(old)}"]
+            audited = ("keys.rotate", new.id, {"replaces": old.id})
     except KeyError:
         print(f"modelyard: no API key with id '{args.id}'", file=sys.stderr)
         return 1
@@ -144,10 +158,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         store.close()
     if args.json:
-        print(json.dumps(output, indent=2))
+        print(json.dumps(output, indent=2), flush=True)
     else:  # the secret first: whatever happens next, it has been shown
         for line in lines:
             print(line() if callable(line) else line, flush=True)
+    if audited is not None:
+        try:
+            audit = AuditLog(store.path.parent / "audit.db")  # beside keys.db: the orchestrator's own log
+            audit.record("admin", audited[0], actor="cli", detail={"key_id": audited[1], **audited[2]})
+            audit.close()
+        except Exception as exc:  # noqa: BLE001 - the key is made either way; say what the log lacks
+            print(f"modelyard: warning: the audit log did not record {audited[0]} of {audited[1]}: {exc}",
+                  file=sys.stderr)
     return 0
 
 

@@ -17,8 +17,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from core.gpu import from_nvml
+
 if TYPE_CHECKING:
     from orchestrator.scheduler import Scheduler, Service, State
+    from orchestrator.usage import Usage
 
 LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -51,12 +54,28 @@ class RequestMetrics:
             "Requests refused before any model, by code (missing_api_key, insufficient_scope, rate_limited, "
             "quota_exceeded, body_too_large ...).", ["code"], registry=registry,
         )
+        self.tokens = Counter(
+            "modelyard_tokens", "Tokens of answered requests, by model and kind (prompt, completion); a stream the "
+            "client left is estimated.", ["model", "kind"], registry=registry,
+        )
+        self.cost = Counter(
+            "modelyard_cost", "What answered requests cost at the models' prices (settings.currency).", ["model"],
+            registry=registry,
+        )
 
     def finished(self, model: str, route: str, status: int, seconds: float, first_byte: float | None) -> None:
         self.requests.labels(model, route, str(status)).inc()
         self.seconds.labels(model, route).observe(seconds)
         if first_byte is not None:
             self.first_byte.labels(model, route).observe(first_byte)
+
+    def used(self, model: str, usage: Usage, cost: float) -> None:
+        if usage.prompt_tokens:
+            self.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
+        if usage.completion_tokens:
+            self.tokens.labels(model, "completion").inc(usage.completion_tokens)
+        if cost:
+            self.cost.labels(model).inc(cost)
 
     def refusal(self, status: int, code: str | None) -> None:
         if status in REFUSALS and code:
@@ -144,3 +163,19 @@ class SchedulerCollector(Collector):
                 sum(s.placement.reservation.get(pool.name, 0.0) for s in holders if s.placement is not None),
             )
         yield from (state, in_flight, queued, reserved, measured, budget, held)
+        yield from self._gpus()
+
+    def _gpus(self) -> Iterator[GaugeMetricFamily]:
+        """Each GPU's memory: its size, and on real GPUs what NVML says is used now."""
+        inventory = self.scheduler.inventory
+        measured = inventory.source == "nvml"
+        gpus = from_nvml().gpus if measured else inventory.gpus  # NVML read at scrape time: what is true now
+        total = GaugeMetricFamily("modelyard_gpu_memory_total_bytes", "Each GPU's memory (simulated ones too).",
+                                  labels=["gpu", "name"])
+        used = GaugeMetricFamily("modelyard_gpu_memory_used_bytes", "Each GPU's memory in use now, by any "
+                                 "process (NVML; absent for simulated GPUs).", labels=["gpu", "name"])
+        for gpu in gpus:
+            total.add_metric([str(gpu.index), gpu.name], gpu.total_bytes)
+            if measured:
+                used.add_metric([str(gpu.index), gpu.name], gpu.used_bytes)
+        yield from (total, used)

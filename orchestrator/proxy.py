@@ -22,6 +22,8 @@ import orjson
 
 from core.errors import error_body
 from orchestrator.scheduler import Lease
+from orchestrator.tracing import Tracing
+from orchestrator.usage import StreamUsage, usage_of_answer
 
 log = logging.getLogger("modelyard.proxy")
 
@@ -46,8 +48,9 @@ async def send_json(send: Send, status: int, body: dict[str, Any], headers: list
 
 
 class Proxy:
-    def __init__(self, upstream_timeout: float) -> None:
+    def __init__(self, upstream_timeout: float, tracing: Tracing | None = None) -> None:
         self.upstream_timeout = upstream_timeout
+        self.tracing = tracing or Tracing(None)  # carries the trace on to the service
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -70,9 +73,12 @@ class Proxy:
         began: float,
         send: Send,
         transform: Callable[[bytes], bytes] | None = None,
+        meter: StreamUsage | None = None,
     ) -> None:
         """Send body to the leased service and relay its answer to the client
         (a successful answer that is not a stream through transform, if given).
+        What a successful answer used goes on lease.usage (orchestrator/usage.py),
+        for a stream the client left too: a stream's usage is read by meter.
 
         The lease is released when the answer is over, whatever happens. If the
         client goes away, the caller cancels us; closing the upstream
@@ -84,13 +90,15 @@ class Proxy:
         # plus from having the upstream's answer to passing it on.
         before = time.perf_counter() - began - lease.waited
         upstream: aiohttp.ClientResponse | None = None
+        metering = False
         clean = False
         try:
             try:
                 upstream = await self.session.post(
                     lease.url + path,
                     data=body,
-                    headers={"content-type": "application/json", "x-request-id": request_id.decode()},
+                    headers=self.tracing.inject({"content-type": "application/json",
+                                                 "x-request-id": request_id.decode()}),
                 )
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
                 await self._upstream_failed(send, lease, exc, "could not be reached", "upstream_unreachable", request_id)
@@ -107,6 +115,8 @@ class Proxy:
                     await self._upstream_failed(send, lease, exc, "failed while answering", "upstream_failed", request_id)
                     return
                 clean = True
+                if upstream.status == 200:
+                    lease.usage = usage_of_answer(path, upstream.content_type, data)
                 if transform is not None and upstream.status == 200:
                     data = transform(data)
                 own = before + time.perf_counter() - answered
@@ -120,10 +130,17 @@ class Proxy:
             headers.append((OVERHEAD_HEADER, f"{own * 1000:.3f}".encode()))
             lease.responded = True
             await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+            metering = meter is not None and upstream.status == 200
             try:
                 async for chunk in upstream.content.iter_any():
+                    if metering and meter is not None:
+                        chunk = meter.feed(chunk)
+                        if not chunk:
+                            continue
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 clean = True
+                if metering and meter is not None and (rest := meter.rest()):
+                    await send({"type": "http.response.body", "body": rest, "more_body": True})
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
                 # The service died or stalled mid-stream: say so rather than cut the body.
                 log.warning("stream from %s broke: %s", model, _reason(exc), extra={"fields": {"request_id": request_id.decode()}})
@@ -131,6 +148,8 @@ class Proxy:
                 await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(event) + b"\n\n", "more_body": True})
             await send({"type": "http.response.body", "body": b""})
         finally:
+            if metering and meter is not None:
+                lease.usage = meter.result()
             if upstream is not None:
                 if clean:
                     upstream.release()

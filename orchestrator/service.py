@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -13,6 +14,7 @@ from core.config import ModelConfig
 from core.engines import GpuAssignment
 from core.process import ServiceProcess
 from orchestrator.placement import Placement
+from orchestrator.usage import Usage
 
 
 class State(str, enum.Enum):
@@ -129,7 +131,7 @@ class Service:
 class Lease:
     """A request's hold on a ready service; release() exactly once."""
 
-    __slots__ = ("service", "url", "waited", "responded", "_on_release", "_released", "_slot")
+    __slots__ = ("service", "url", "waited", "responded", "usage", "granted", "_on_release", "_released", "_slot")
 
     def __init__(
         self,
@@ -142,6 +144,8 @@ class Lease:
         self.url = service.url
         self.waited = waited
         self.responded = False  # the proxy set it once the answer's headers went out
+        self.usage: Usage | None = None  # what the answer used, once the proxy knows (orchestrator/usage.py)
+        self.granted = time.monotonic()  # for GPU-seconds: how long the request held the service
         self._slot = slot  # the semaphore it took (the service may get a new one)
         self._on_release = on_release
         self._released = False

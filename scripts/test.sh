@@ -10,4 +10,10 @@ source "$(dirname "$0")/common.sh"
 cd "$ROOT"
 export MODELYARD_TRANSFORMERS_PYTHON="$ENVS_DIR/transformers/bin/python"
 export MODELYARD_SMOLLM2_DIR="$STATE_DIR/models/smollm2-135m"
-exec "$ORCH_PY" -m pytest -p no:cacheprovider "$@"
+# Every test's temporary files (the orchestrators' and services' logs among them) under one
+# directory, so that the logs of the whole run can be searched for secrets afterwards.
+RUN_DIR="$STATE_DIR/test-run"
+status=0
+"$ORCH_PY" -m pytest -p no:cacheprovider --basetemp "$RUN_DIR" "$@" || status=$?
+"$ORCH_PY" scripts/scan_secrets.py "$RUN_DIR" || status=$((status ? status : 1))
+exit "$status"

@@ -88,6 +88,10 @@ ROUTES = [
     ("GET", "/admin/services", None, "admin:read", None, 200),
     ("HEAD", "/admin/services", None, "admin:read", None, 405),
     ("POST", "/admin/services/chat/load", None, "admin:models", None, 200),
+    ("GET", "/admin/usage", None, "admin:read", None, 200),
+    ("GET", "/admin/audit", None, "audit:read", None, 200),
+    ("GET", "/admin/audit/verify", None, "audit:read", None, 200),
+    ("GET", "/admin/captures", None, "captures:read", None, 404),  # capture is off here: 404 capture_disabled
     ("GET", "/admin/keys", None, "admin:keys", None, 200),
     ("GET", "/admin/keys/", None, "admin:keys", None, 307),  # FastAPI's redirect, only once allowed
     ("OPTIONS", "/admin/keys", None, "admin:keys", None, 405),
@@ -103,7 +107,8 @@ SCOPES_OF = {
     "member": {"models:read", "inference"},
     "member (x-api-key)": {"models:read", "inference"},
     "limited": {"models:read", "inference"},
-    "admin": {"models:read", "inference", "metrics:read", "admin:read", "admin:models", "admin:keys"},
+    "admin": {"models:read", "inference", "metrics:read", "admin:read", "admin:models", "admin:keys", "audit:read",
+              "captures:read"},
 }
 REJECTED = {
     "missing": "missing_api_key",

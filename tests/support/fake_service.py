@@ -101,9 +101,11 @@ class FakeService(BaseService):
         size = max(1, -(-len(answer) // count))
         return [answer[i : i + size] for i in range(0, len(answer), size)][:count]
 
-    async def _stream(self, model: str, text: str, chat: bool, delay_ms: float) -> AsyncIterator[dict[str, Any]]:
+    async def _stream(self, model: str, text: str, chat: bool, delay_ms: float,
+                      usage: bool) -> AsyncIterator[dict[str, Any]]:
         cid = completion_id()
         sent = 0
+        content = ""
         try:
             for piece in self._words(text):
                 if self.options.crash_after_chunks and sent >= self.options.crash_after_chunks:
@@ -111,12 +113,18 @@ class FakeService(BaseService):
                 if delay_ms:
                     await asyncio.sleep(delay_ms / 1000)
                 sent += 1
+                content += piece
                 if chat:
                     yield {"id": cid, "object": "chat.completion.chunk", "created": now(), "model": model,
                            "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
                 else:
                     yield {"id": cid, "object": "text_completion", "created": now(), "model": model,
                            "choices": [{"index": 0, "text": piece, "finish_reason": None}]}
+            if usage:  # like vLLM with stream_options.include_usage: a last event with no choices
+                prompt, words = len(text.split()), len(content.split())
+                yield {"id": cid, "object": "chat.completion.chunk" if chat else "text_completion", "created": now(),
+                       "model": model, "choices": [],
+                       "usage": {"prompt_tokens": prompt, "completion_tokens": words, "total_tokens": prompt + words}}
             self.stats["completed"] += 1
         except (asyncio.CancelledError, GeneratorExit):
             self.stats["cancelled"] += 1
@@ -129,7 +137,10 @@ class FakeService(BaseService):
         # A test may ask one request to take longer: {"fake_delay_ms": N} in the body.
         extra = getattr(body, "model_extra", None) or {}
         if body.stream:
-            return sse_response(self._stream(model, text, chat, extra.get("fake_delay_ms", self.options.chunk_delay_ms)))
+            options = extra.get("stream_options") or {}
+            usage = isinstance(options, dict) and options.get("include_usage") is True
+            delay = extra.get("fake_delay_ms", self.options.chunk_delay_ms)
+            return sse_response(self._stream(model, text, chat, delay, usage))
         delay_ms = extra.get("fake_delay_ms", self.options.response_delay_ms)
         if delay_ms:
             # Like a real engine, notice a client that leaves while we "generate".
