@@ -372,7 +372,12 @@ class TracingSettings(_Strict):
                 raise ValueError(f"settings.tracing.headers: ${{{match.group(1)}}} is not set in the environment")
             return os.environ[match.group(1)]
 
-        return {name: _PLACEHOLDER.sub(value_of, value) for name, value in self.headers.items()}
+        headers = {name: _PLACEHOLDER.sub(value_of, value) for name, value in self.headers.items()}
+        for name, value in headers.items():
+            if any(c in name + value for c in "\r\n\0") or not name.strip():
+                raise ValueError(f"settings.tracing.headers: {name!r} is not a usable header (empty, or a line break "
+                                 "in its name or value)")
+        return headers
 
 
 class AuthSettings(_Strict):

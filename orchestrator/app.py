@@ -110,19 +110,10 @@ def create_app(
         accountant.cancel()
         if pruner is not None:
             pruner.cancel()
-        await scheduler.shutdown()
-        await proxy.close()
-        await adapters.close()
-        # After the scheduler's shutdown: the last answers' tokens, usage and entries are kept. Each on its
-        # own: one that fails does not keep the others from closing.
-        closing = [quotas.flush, footprints.close, keys.close, idempotency.close, ledger.close, audit.close,
-                   *([captures.close] if captures is not None else [])]
-        for close in closing:
-            try:
-                close()
-            except Exception:  # noqa: BLE001 - logged; the rest still close
-                log.exception("closing %s failed", getattr(close, "__qualname__", close))
-        await asyncio.to_thread(tracing.shutdown)  # the last spans out (an HTTP call)
+        try:
+            await scheduler.shutdown()
+        finally:
+            await close_all(proxy, adapters, quotas, footprints, keys, idempotency, ledger, audit, captures, tracing)
 
     app = FastAPI(title="modelyard", version="0.1.0", lifespan=lifespan)
     app.state.config = config
@@ -254,7 +245,7 @@ def create_app(
                 400, f"the configuration was not reloaded (the running one stays): {err}", code="invalid_config"
             ) from None
         keyring = None
-        if captures is not None and new.settings.capture.enabled:
+        if new.settings.capture.enabled:  # checked even when turning it on waits for a restart
             try:  # the new keys must load before anything is applied
                 keyring = await asyncio.to_thread(keyring_of, new.settings.capture)
             except ValueError as err:
@@ -299,6 +290,26 @@ def create_app(
     app.state.reload = reload
     endpoint.reload = reload
     return endpoint
+
+
+async def close_all(proxy: Proxy, adapters: Adapters, quotas: Quotas, footprints: Footprints, keys: KeyStore,
+                    idempotency: IdempotencyStore, ledger: Ledger, audit: AuditLog, captures: CaptureStore | None,
+                    tracing: Tracing) -> None:
+    """At shutdown, after the scheduler's: the last answers' tokens, usage and
+    entries are kept. Each on its own: one that fails does not keep the others
+    from closing."""
+    closing: list[Any] = [proxy.close, adapters.close, quotas.flush, footprints.close, keys.close,
+                          idempotency.close, ledger.close, audit.close]
+    if captures is not None:
+        closing.append(captures.close)
+    closing.append(lambda: asyncio.to_thread(tracing.shutdown))  # the last spans out (an HTTP call)
+    for close in closing:
+        try:
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
+        except Exception:  # noqa: BLE001 - logged; the rest still close
+            log.exception("closing %s failed", getattr(close, "__qualname__", close))
 
 
 def open_captures(config: Config) -> CaptureStore | None:

@@ -142,5 +142,9 @@ class Authenticator:
         if scope is None:
             return None
         principal = self.authenticate(headers)
-        principal.require(scope)
+        try:
+            principal.require(scope)
+        except ServiceError as exc:
+            exc.principal = principal  # type: ignore[attr-defined]  # who was refused, for the audit log
+            raise
         return principal

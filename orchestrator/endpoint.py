@@ -200,7 +200,8 @@ class OpenAIEndpoint:
             except ServiceError as exc:
                 await self._error(send, exc, request_id)
                 if path.startswith("/admin/"):  # a refused attempt at any admin route is worth knowing about
-                    self.request_log.admin_request(method, path, request_id, None, exc.status, {"code": exc.code})
+                    refused = getattr(exc, "principal", None)  # a valid credential without the scope: who
+                    self.request_log.admin_request(method, path, request_id, refused, exc.status, {"code": exc.code})
                 return
             scope.setdefault("state", {})["principal"] = principal  # request.state.principal
         try:
@@ -230,7 +231,7 @@ class OpenAIEndpoint:
                 try:
                     await self._handle(scope, receive, observed, began, seen, request_id)
                 finally:
-                    self.tracing.finish(span, seen["status"], seen["model"])
+                    self.tracing.finish(span, CLIENT_GONE if seen["gone"] else seen["status"], seen["model"])
         finally:
             route = scope["path"]
             if seen["status"] and self.request_metrics is not None:  # a client that left before an answer: none
@@ -253,10 +254,12 @@ class OpenAIEndpoint:
             if self.maintenance.enabled:
                 raise ServiceError(503, self.maintenance.reason(), code="maintenance", retry_after=60)
             # The credential first: a body from someone without one is not worth reading.
-            with self.tracing.step("auth"):
-                principal = seen["principal"] = self.auth.admit("POST", route, scope["headers"]) if self.auth else None
+            with self.tracing.step("auth", request_id):
+                principal = seen["principal"] = (self.auth.admit("POST", route, scope["headers"])
+                                                 if self.auth is not None else None)
             body = seen["body"] = await read_body(receive, declared, self.body_limit)
         except ServiceError as exc:
+            seen["principal"] = seen["principal"] or getattr(exc, "principal", None)  # refused for its scope: who
             await self._error(send, exc, request_id)
             return
         except ClientGone:
@@ -289,7 +292,7 @@ class OpenAIEndpoint:
                 if idempotency_key is not None and payload.get("stream") is True:
                     raise ServiceError(400, "Idempotency-Key is not supported with stream: true",
                                        code="idempotency_unsupported", param="stream")
-                with self.tracing.step("route"):
+                with self.tracing.step("route", request_id):
                     if principal is not None:  # before resolving: a limited key learns nothing of other models
                         self._require_model(principal, payload["model"])
                     target = self.registry.resolve(payload["model"], route)
@@ -319,21 +322,23 @@ class OpenAIEndpoint:
                 seconds = None if keep_alive is None else parse_keep_alive(keep_alive)
                 if payload.get("stream") is True and self._progress_for(target.model_id):
                     answered = True  # our 200 goes out now; what follows arrives as events
-                    lease = await acquire_with_progress(
-                        lambda: self._acquire(target, seconds), target.model_id, send, request_id
-                    )
+                    with self.tracing.step("model.acquire", request_id, target.model_id):
+                        lease = await acquire_with_progress(
+                            lambda: self._acquire(target, seconds), target.model_id, send, request_id
+                        )
                     if lease is not None:
-                        await self.proxy.forward(lease, route, body, request_id, began, AfterHeaders(send),
-                                                 meter=meter)
+                        with self.tracing.step("upstream", request_id, target.model_id):
+                            await self.proxy.forward(lease, route, body, request_id, began, AfterHeaders(send),
+                                                     meter=meter)
                     return
-                with self.tracing.step("model.acquire", **{"modelyard.model": target.model_id}):
+                with self.tracing.step("model.acquire", request_id, target.model_id):
                     lease = await self._acquire(target, seconds)
             except ServiceError as exc:
                 answered = True
                 await self._error(send, exc, request_id)
                 return
             transform = None if capture is not None else self._answer_transform(scope)  # the capture transforms
-            with self.tracing.step("upstream", **{"modelyard.model": target.model_id}):
+            with self.tracing.step("upstream", request_id, target.model_id):
                 await self.proxy.forward(lease, route, body, request_id, began, send, transform, meter)
         except asyncio.CancelledError:
             if state["gone"]:

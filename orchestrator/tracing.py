@@ -5,7 +5,7 @@ when it sends a W3C `traceparent`), with child spans for the steps where
 time goes: `auth`, `route` (the model's name to its service), `model.acquire`
 (loading it, or waiting for memory or a slot) and `upstream` (the call to
 the service, whose headers carry the trace on). Every span has the request
-id. Spans leave in batches through OTLP over HTTP (opentelemetry-sdk's
+id (`modelyard.request_id`). Spans leave in batches through OTLP over HTTP (opentelemetry-sdk's
 exporter) to settings.tracing.endpoint, a collector such as the
 OpenTelemetry Collector, Jaeger or Tempo.
 
@@ -67,15 +67,20 @@ class Tracing:
         """The server span of one request (its steps' spans nest in it)."""
         return self._request(method, path, headers, request_id) if self.enabled else _OFF
 
-    def step(self, name: str, **attributes: Any) -> Any:
-        """A child span of the current request: auth, route, model.acquire, upstream."""
+    def step(self, name: str, request_id: bytes, model: str | None = None) -> Any:
+        """A child span of the current request: auth, route, model.acquire, upstream.
+        A refusal raised inside (a 401, a 404) is the request's answer, not the
+        step's failure: the server span carries the status."""
         if not self.enabled:
             return _OFF
-        return self._tracer.start_as_current_span(name, attributes={k: v for k, v in attributes.items()
-                                                                    if v is not None})
+        attributes = {"modelyard.request_id": request_id.decode()}
+        if model is not None:
+            attributes["modelyard.model"] = model
+        return self._tracer.start_as_current_span(name, attributes=attributes, record_exception=False,
+                                                  set_status_on_exception=False)
 
     def finish(self, span: Any, status: int, model: str) -> None:
-        """Note the answer's status (5xx: an error) and the model on the request's span."""
+        """Note the answer's status (5xx: an error; 499: the client left first) and the model on the request's span."""
         if span is None or not self.enabled:
             return
         span.set_attribute("http.response.status_code", status)

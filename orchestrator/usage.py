@@ -122,7 +122,7 @@ def usage_object(data: bytes) -> Any:
 # An event ends with an empty line; SSE allows \n, \r\n and \r line endings.
 _EVENT = re.compile(rb"(.*?)(?:\r\n\r\n|\n\n|\r\r)", re.S)
 _ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
-MAX_PENDING = 64 * 1024  # an unfinished event longer than this is no SSE we know: pass the bytes on
+MAX_PENDING = 1024 * 1024  # an unfinished event longer than this is no SSE we know: pass the bytes on
 
 
 class StreamUsage:
@@ -197,12 +197,18 @@ class StreamUsage:
 
 
 def prompt_estimate(payload: dict[str, Any]) -> int:
-    """Tokens of a chat or completion request's text, at BYTES_PER_TOKEN (images
-    and other parts not counted): what a stream that ends early is charged."""
-    chars = 0
+    """Tokens of a chat or completion request's prompt: its text at
+    BYTES_PER_TOKEN characters a token, token ids one each (images and other
+    parts not counted). What a stream that ends early is charged."""
+    chars, tokens = 0, 0
     prompt = payload.get("prompt")
-    for text in [prompt] if isinstance(prompt, str) else prompt if isinstance(prompt, list) else []:
-        chars += len(text) if isinstance(text, str) else 0
+    for item in [prompt] if isinstance(prompt, str) else prompt if isinstance(prompt, list) else []:
+        if isinstance(item, str):
+            chars += len(item)
+        elif isinstance(item, int):  # a prompt of token ids
+            tokens += 1
+        elif isinstance(item, list):  # prompts of token ids
+            tokens += len(item)
     for message in payload.get("messages") or []:
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, str):
@@ -210,4 +216,4 @@ def prompt_estimate(payload: dict[str, Any]) -> int:
         elif isinstance(content, list):
             chars += sum(len(part["text"]) for part in content
                          if isinstance(part, dict) and isinstance(part.get("text"), str))
-    return chars // BYTES_PER_TOKEN
+    return tokens + chars // BYTES_PER_TOKEN

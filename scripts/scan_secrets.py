@@ -5,7 +5,7 @@ orchestrator and service the tests started.
     python scripts/scan_secrets.py DIR
 
 Looks for modelyard API keys, JWTs, OpenAI-style sk- keys and unredacted
-bearer credentials in every *.log file (core/logs.py redacts them as
+bearer credentials in every *.log file (and rotated *.log.N) (core/logs.py redacts them as
 [REDACTED]). Prints file:line and the kind for each one found, not the
 secret, and exits 1; 0 when there are none.
 """
@@ -26,7 +26,7 @@ PATTERNS = {
 
 def findings(root: Path) -> list[str]:
     found = []
-    for path in sorted(root.rglob("*.log")):
+    for path in sorted(root.rglob("*.log*")):  # rotated ones (.log.1 ...) too
         try:
             text = path.read_text(errors="replace")
         except OSError:
@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
         print("usage: python scripts/scan_secrets.py DIR (a directory of logs)", file=sys.stderr)
         return 2
     found = findings(Path(argv[0]))
-    files = len(list(Path(argv[0]).rglob("*.log")))
+    files = len(list(Path(argv[0]).rglob("*.log*")))
     if found:
         print(f"secrets in logs: {len(found)} line(s) in {files} log files", file=sys.stderr)
         print("\n".join(found[:50]), file=sys.stderr)

@@ -13,6 +13,7 @@ export MODELYARD_SMOLLM2_DIR="$STATE_DIR/models/smollm2-135m"
 # Every test's temporary files (the orchestrators' and services' logs among them) under one
 # directory, so that the logs of the whole run can be searched for secrets afterwards.
 RUN_DIR="$STATE_DIR/test-run"
+rm -rf "$RUN_DIR" && mkdir -p "$RUN_DIR"  # only this run's logs are scanned
 status=0
 "$ORCH_PY" -m pytest -p no:cacheprovider --basetemp "$RUN_DIR" "$@" || status=$?
 "$ORCH_PY" scripts/scan_secrets.py "$RUN_DIR" || status=$((status ? status : 1))

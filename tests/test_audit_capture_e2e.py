@@ -76,6 +76,12 @@ def test_the_audit_log_records_admin_actions_and_model_access_and_catches_an_edi
         assert client.get("/admin/audit/verify", headers=auth).json()["ok"] is True
         member = {"Authorization": f"Bearer {made['key']}"}
         assert client.get("/admin/audit", headers=member).status_code == 403
+
+        def probe() -> list[dict[str, Any]]:  # a valid key without the scope: the entry says whose
+            return [e for e in entries() if e["action"] == "GET /admin/audit" and e["status"] == 403]
+
+        assert wait_until(lambda: bool(probe()), 5)
+        assert (probe()[0]["actor"], probe()[0]["key_id"]) == ("alice", made["id"])
     orch.stop()
 
     ok = cli("orchestrator.audit_cli", "--state-dir", str(state), "verify")

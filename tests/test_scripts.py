@@ -98,18 +98,26 @@ def test_start_all_daemon_reports_a_broken_config(tmp_path):
     assert "model 'm', field 'engine'" in result.stderr
 
 
-def test_the_secret_scan_finds_a_credential_in_any_log_and_says_where(tmp_path) -> None:
+def test_the_secret_scan_finds_a_credential_in_any_log_and_says_where() -> None:
     import sys
+    import tempfile
+    from pathlib import Path
 
+    # Not under tmp_path: scripts/test.sh scans the whole run's temporary files after the suite.
+    with tempfile.TemporaryDirectory() as outside:
+        scan_a_planted_credential(Path(outside), sys.executable)
+
+
+def scan_a_planted_credential(tmp_path, python: str) -> None:
     logs = tmp_path / "run" / "test_x0" / "state" / "logs"
     logs.mkdir(parents=True)
     (logs / "chat.log").write_text('{"msg": "Authorization: Bearer [REDACTED]", "key": "sk-[REDACTED]"}\n')
     (tmp_path / "run" / "notes.txt").write_text("my-0123456789ab-" + "A" * 43)  # not a log: not scanned
-    scan = [sys.executable, "scripts/scan_secrets.py", str(tmp_path / "run")]
+    scan = [python, "scripts/scan_secrets.py", str(tmp_path / "run")]
     clean = subprocess.run(scan, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert clean.returncode == 0 and "1 log files" in clean.stdout
     leaked = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXZhbHVl"
-    (logs / "orchestrator.log").write_text(f'{{"msg": "ok"}}\n{{"msg": "token {leaked}"}}\n')
+    (logs / "orchestrator.log.1").write_text(f'{{"msg": "ok"}}\n{{"msg": "token {leaked}"}}\n')  # rotated too
     dirty = subprocess.run(scan, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert dirty.returncode == 1
-    assert f"{logs / 'orchestrator.log'}:2: JWT" in dirty.stderr and leaked not in dirty.stderr
+    assert f"{logs / 'orchestrator.log.1'}:2: JWT" in dirty.stderr and leaked not in dirty.stderr

@@ -85,6 +85,7 @@ def test_a_request_is_traced_from_the_client_to_the_service(orchestrator) -> Non
         assert attributes(server)["modelyard.model"] == "chat"
         for step in ("auth", "route", "model.acquire", "upstream"):
             assert by_name[step].parent_span_id == server.span_id, step
+            assert attributes(by_name[step])["modelyard.request_id"] == request_id, step
         assert attributes(by_name["upstream"])["modelyard.model"] == "chat"
         assert collector.service_names == {"yard-test"} and collector.tokens == {"t0ken"}
         # A request without a traceparent starts a trace of its own; a 404 has no acquire or upstream span.

@@ -221,7 +221,8 @@ def test_stream_usage_estimates_a_stream_that_ended_without_its_usage_event() ->
     payload = {"messages": [{"role": "user", "content": [{"type": "text", "text": "x" * 40}, image]},
                             {"role": "assistant", "content": "y" * 8}]}
     assert prompt_estimate(payload) == 12  # 48 characters of text; the image is not counted
-    assert prompt_estimate({"prompt": ["abcd", "efgh", 3]}) == 2
+    assert prompt_estimate({"prompt": ["abcd", "efgh"]}) == 2
+    assert prompt_estimate({"prompt": [101, 2023, 102]}) == 3 and prompt_estimate({"prompt": [[1, 2], [3]]}) == 3
 
 
 def test_usage_of_whole_answers() -> None:
@@ -298,3 +299,18 @@ def test_a_stream_the_client_leaves_is_charged_an_estimate_and_audited_as_499(or
         entries = client.get("/admin/audit", params={"format": "json"}).json()["entries"]
         left = [e for e in entries if e["request_id"] == request_id]
         assert [(e["status"], e["model"], e["actor"]) for e in left] == [(499, "chat", "anonymous")]
+
+
+def test_gpu_seconds_are_the_time_held_times_the_gpus_and_priced(orchestrator) -> None:
+    # A simulated inventory feeds the real scheduler: the service gets two GPUs, so each second it is held
+    # counts twice. The fake answers after 300 ms.
+    gpus = {"gpus": [{"name": "L4 (simulated)", "memory_gb": 24}] * 2, "gpu_reserve_gb": 0}
+    model = fake_model("--response-delay-ms 300", memory_gb=30, gpus=2, prices={"per_gpu_second": 0.01})
+    orch = orchestrator({"settings": gpus, "models": {"tp": model, "cpu": fake_model(gpus=0, memory_gb=1)}})
+    with orch.client() as client:
+        assert chat(client, model="tp").status_code == 200
+        assert chat(client, model="cpu").status_code == 200
+        rows = {r["model"]: r for r in client.get("/admin/usage", params={"group_by": "model"}).json()["rows"]}
+    assert 0.6 <= rows["tp"]["gpu_seconds"] < 2.0  # 2 GPUs x at least 0.3 s
+    assert rows["tp"]["cost"] == pytest.approx(rows["tp"]["gpu_seconds"] * 0.01, abs=1e-6)  # cost: 6 decimals
+    assert rows["cpu"]["gpu_seconds"] == 0
