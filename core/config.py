@@ -380,6 +380,27 @@ class TracingSettings(_Strict):
         return headers
 
 
+class DriftSettings(_Strict):
+    """`settings.drift`: the drift monitor (models/drift/), a sibling service the
+    orchestrator starts, restarts and routes /drift/* to, and the feed of every
+    completed request's features into it (orchestrator/drift_feed.py)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    enabled: bool = Field(False, description="Run the drift service (needs ./scripts/install.sh --engine drift) "
+                          "and serve its API under /drift/.")
+    feed_requests: bool = Field(True, description="Send each completed request's features (latency, tokens, "
+                                "status, ...) to monitors with `source: requests`.")
+    prompt_embeddings: str | None = Field(None, description="An embedding model's id: the prompts of chat and "
+                                          "completion requests are embedded with it, as the feature "
+                                          "prompt_embedding; it is loaded through the scheduler like any model, "
+                                          "taking its memory (null: no embeddings).")
+    max_pending: int = Field(1_000_000, ge=1000, le=100_000_000, description="Request events kept waiting while "
+                             "the drift service is down; beyond it the oldest are dropped (and counted).")
+    batch_size: int = Field(1000, ge=1, le=10_000, description="Events sent to the drift service per call.")
+    startup_timeout: float = Field(60.0, gt=0, description="Seconds the drift service may take to become healthy.")
+
+
 class AuthSettings(_Strict):
     """`settings.auth`: who may use the endpoint (orchestrator/auth.py, docs/SECURITY.md)."""
 
@@ -470,6 +491,7 @@ class Settings(_Strict):
                                  "model, status), not only admin actions.")
     capture: CaptureSettings = Field(default_factory=CaptureSettings)  # type: ignore[arg-type]
     tracing: TracingSettings = Field(default_factory=TracingSettings)  # type: ignore[arg-type]
+    drift: DriftSettings = Field(default_factory=DriftSettings)  # type: ignore[arg-type]
     currency: str = Field("USD", min_length=1, max_length=12, description="What models' prices are in "
                           "(a label for usage reports).")
 
@@ -527,6 +549,17 @@ class Config(_Strict):
                 if member in member_of:
                     raise ValueError(f"group {name!r}: model {member!r} is already in group {member_of[member]!r}")
                 member_of[member] = name
+        return self
+
+    @model_validator(mode="after")
+    def _drift_embedding_model(self) -> "Config":
+        wanted = self.settings.drift.prompt_embeddings
+        if wanted is not None:
+            if wanted not in self.models:
+                raise ValueError(f"settings.drift.prompt_embeddings: {wanted!r} is not a model id in `models`")
+            if self.models[wanted].type != "embedding":
+                raise ValueError(f"settings.drift.prompt_embeddings: model {wanted!r} is of type "
+                                 f"{self.models[wanted].type!r}, not embedding")
         return self
 
     # Where state lives is a property of the installation, not of models.yaml:

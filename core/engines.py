@@ -198,3 +198,39 @@ def service_log_path(config: Config, model_id: str) -> Path:
     """Where a service's output goes (rotated as .log.1, .log.2 ...)."""
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in model_id)
     return config.state_path() / "logs" / f"{safe}.log"
+
+
+# The secret the orchestrator gives the drift service, which it then requires on
+# the request feed (models/drift/request_source.py reads the same name).
+FEED_TOKEN_ENV = "MODELYARD_DRIFT_FEED_TOKEN"
+
+
+def sibling_launch_spec(name: str, port: int, config: Config, instance: str,
+                        extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> LaunchSpec:
+    """The command line of a sibling service (models/<name>/server.py: drift):
+    its engine's interpreter, the state directory, no GPU. Raises
+    ServiceError(503) naming the install command when its environment is missing."""
+    python = engine_python(name, config.envs_path())
+    if not python.exists():
+        raise ServiceError(
+            503,
+            f"the {name} service's environment is missing ({python.parent.parent}); install it with "
+            f"{install_hint(name)}",
+            code="engine_not_installed",
+        )
+    extra = env or {}
+    env = dict(os.environ)
+    env.update({
+        **extra,
+        "PORT": str(port),
+        "CUDA_VISIBLE_DEVICES": "",  # statistics only: it must never take GPU memory from the models
+        "MODELYARD_STATE_DIR": str(config.state_path()),
+        INSTANCE_ENV: instance,
+        PARENT_ENV: str(os.getpid()),
+        "PYTHONUNBUFFERED": "1",
+    })
+    argv = [str(python), str(ROOT_DIR / "models" / name / "server.py"), "--port", str(port),
+            "--state-dir", str(config.state_path()), "--shutdown-grace", str(config.settings.shutdown_grace),
+            *extra_args]
+    # Named apart from the models' logs: a model may be called "drift" too.
+    return LaunchSpec(argv=argv, env=env, log_path=service_log_path(config, f"{name}.sibling"), cwd=ROOT_DIR)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.responses import JSONResponse, Response
 
 from core.config import Config, ConfigError, load_config
-from core.engines import launch_spec
+from core.engines import FEED_TOKEN_ENV, launch_spec, sibling_launch_spec
 from core.errors import ServiceError
 from core.gpu import Inventory
 from core.http_errors import install_error_handlers
@@ -35,6 +36,8 @@ from orchestrator.audit_api import build_audit_router
 from orchestrator.auth import Authenticator, Principal
 from orchestrator.capture import CaptureStore, keyring_of
 from orchestrator.capture_api import build_capture_router
+from orchestrator.drift_api import build_drift_router
+from orchestrator.drift_feed import EMBED_TIMEOUT, DriftFeed, Embedder, FeedMetrics
 from orchestrator.endpoint import ROUTES, OpenAIEndpoint
 from orchestrator.files import SignedFiles, build_files_router, load_or_create_key
 from orchestrator.footprints import Footprints
@@ -48,6 +51,7 @@ from orchestrator.proxy import Proxy
 from orchestrator.registry import Registry
 from orchestrator.request_log import RequestLog
 from orchestrator.scheduler import Scheduler
+from orchestrator.siblings import Sibling
 from orchestrator.tracing import Tracing
 from orchestrator.usage_api import build_usage_router
 
@@ -56,7 +60,7 @@ log = logging.getLogger("modelyard.orchestrator")
 
 # Settings that only a restart can change: reload keeps their old values.
 RESTART_SETTINGS = ("host", "port", "gpus", "upstream_timeout", "log_level", "auth", "cors_origins",
-                    "idempotency_ttl", "tracing")
+                    "idempotency_ttl", "tracing", "drift")
 # settings.capture: its keys and limits apply on reload (key rotation needs no restart); turning it on or off does not.
 
 
@@ -93,6 +97,7 @@ def create_app(
     metrics_registry.register(SchedulerCollector(scheduler))
     tracing = Tracing(config.settings.tracing)
     proxy = Proxy(config.settings.upstream_timeout, tracing)
+    drift, feed = drift_monitor(config, instance, registry, scheduler, proxy, metrics_registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -102,6 +107,9 @@ def create_app(
         counter = asyncio.create_task(quotas.flush_forever())
         accountant = asyncio.create_task(ledger.flush_forever())
         pruner = asyncio.create_task(prune_captures_forever(captures, scheduler)) if captures else None
+        if drift is not None:
+            drift.start()
+        pump = asyncio.create_task(feed.pump_forever()) if feed is not None else None
         app.state.ready = True
         yield
         app.state.ready = False
@@ -111,8 +119,9 @@ def create_app(
         if pruner is not None:
             pruner.cancel()
         try:
-            await scheduler.shutdown()
+            await scheduler.shutdown()  # the feed's pump goes on meanwhile: the last requests' events
         finally:
+            await close_drift(drift, feed, pump, app)
             await close_all(proxy, adapters, quotas, footprints, keys, idempotency, ledger, audit, captures, tracing)
 
     app = FastAPI(title="modelyard", version="0.1.0", lifespan=lifespan)
@@ -124,6 +133,7 @@ def create_app(
     app.state.ledger = ledger
     app.state.audit = audit
     app.state.captures = captures
+    app.state.drift = drift
     app.state.ready = False
     install_error_handlers(app, "orchestrator")
     app.include_router(build_admin_router())
@@ -132,6 +142,7 @@ def create_app(
     app.include_router(build_usage_router())
     app.include_router(build_audit_router())
     app.include_router(build_capture_router())
+    app.include_router(build_drift_router())
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
@@ -222,6 +233,7 @@ def create_app(
     endpoint.request_log = RequestLog(audit, captures, config.settings.audit_requests)
     endpoint.request_metrics = RequestMetrics(metrics_registry)
     endpoint.idempotency = idempotency
+    endpoint.drift_feed = feed
     app.state.maintenance = endpoint.maintenance
     if config.settings.cors_origins:
         endpoint.add_cors(config.settings.cors_origins)
@@ -310,6 +322,74 @@ async def close_all(proxy: Proxy, adapters: Adapters, quotas: Quotas, footprints
                 await result
         except Exception:  # noqa: BLE001 - logged; the rest still close
             log.exception("closing %s failed", getattr(close, "__qualname__", close))
+
+
+def drift_monitor(config: Config, instance: str, registry: Registry, scheduler: Scheduler, proxy: Proxy,
+                  metrics_registry: CollectorRegistry) -> tuple[Sibling | None, DriftFeed | None]:
+    """The drift service (settings.drift.enabled) and the request feed into it."""
+    settings = config.settings.drift
+    if not settings.enabled:
+        return None, None
+    token = secrets.token_urlsafe(32)  # only this orchestrator may post the request feed
+    sibling = Sibling("drift", lambda port: sibling_launch_spec("drift", port, scheduler.config, instance,
+                                                                env={FEED_TOKEN_ENV: token}),
+                      settings.startup_timeout, config.settings.shutdown_grace)
+    if not settings.feed_requests:
+        return sibling, None
+    embed = prompt_embedder(settings.prompt_embeddings, registry, scheduler, proxy) \
+        if settings.prompt_embeddings else None
+    feed = DriftFeed(config.state_path() / "drift_feed.db", lambda: sibling.ready_url(0), FeedMetrics(metrics_registry),
+                     settings.max_pending, settings.batch_size, embed, token)
+    return sibling, feed
+
+
+def prompt_embedder(model_id: str, registry: Registry, scheduler: Scheduler, proxy: Proxy) -> Embedder:
+    """Texts -> vectors with the embedding model model_id, through the
+    scheduler like any request (it is started when needed, and may be evicted)."""
+    async def embed(texts: list[str]) -> list[list[float]]:
+        target = registry.resolve(model_id, "/v1/embeddings")
+        lease = await scheduler.acquire(target.model_id)
+        try:
+            assert proxy.session is not None
+            async with proxy.session.post(lease.url + "/v1/embeddings",
+                                          json={"model": target.upstream, "input": texts}) as answer:
+                if answer.status != 200:
+                    raise RuntimeError(f"{model_id} answered HTTP {answer.status}")
+                data = (await answer.json())["data"]
+        finally:
+            lease.release()
+        return [item["embedding"] for item in sorted(data, key=lambda item: item["index"])]
+
+    return embed
+
+
+async def close_drift(drift: Sibling | None, feed: DriftFeed | None, pump: asyncio.Task[None] | None,
+                      app: FastAPI) -> None:
+    """At shutdown, after the last requests: the feed's round under way ends
+    (never cut: its rows would be half sent), the events left are written and
+    sent if the drift service takes them within seconds, then it stops."""
+    try:
+        if feed is not None:
+            feed.stop()
+            if pump is not None:
+                await asyncio.wait([pump], timeout=EMBED_TIMEOUT + 5)
+                pump.cancel()  # still in its round only when the drift service hangs; what it took is written
+            await feed.close_writer()
+            if drift is not None and drift.url is not None:
+                try:
+                    await feed.pump(deadline=time.monotonic() + 5.0)
+                except Exception:  # noqa: BLE001 - they wait in drift_feed.db
+                    log.exception("sending the last request events for drift failed")
+            if feed.pending():
+                log_event(log, "request events wait in drift_feed.db for the next start", logging.WARNING,
+                          events=feed.pending())
+            await feed.close()
+    finally:
+        session = getattr(app.state, "drift_session", None)
+        if session is not None:
+            await session.close()
+        if drift is not None:
+            await drift.stop()
 
 
 def open_captures(config: Config) -> CaptureStore | None:

@@ -26,7 +26,7 @@ from orchestrator.keys import ApiKey, KeyRejected, KeyStore
 from orchestrator.limits import QuotaSpec
 
 SCOPES = ("models:read", "inference", "metrics:read", "admin:read", "admin:models", "admin:keys", "audit:read",
-          "captures:read")
+          "captures:read", "drift:read", "drift:write")
 ROLE_SCOPES: dict[str, frozenset[str]] = {
     "viewer": frozenset({"models:read"}),
     "member": frozenset({"models:read", "inference"}),
@@ -94,6 +94,8 @@ def required_scope(method: str, path: str) -> str | None:
         return "admin:read" if method in ("GET", "HEAD") else "admin:models"
     if path == "/metrics":
         return "metrics:read"
+    if path == "/drift" or path.startswith("/drift/"):  # the drift monitor's API (orchestrator/drift_api.py)
+        return "drift:read" if method in ("GET", "HEAD") else "drift:write"
     if path == "/v1/models":
         return "models:read"
     if path.startswith("/v1/"):

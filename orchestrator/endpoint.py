@@ -40,6 +40,7 @@ from core.protocol import (
 )
 from orchestrator.accounting import Ledger
 from orchestrator.auth import Authenticator, Principal
+from orchestrator.drift_feed import DriftFeed, prompt_text, request_features
 from orchestrator.files import SignedFiles, base_url
 from orchestrator.idempotency import REPLAYED, Capture, IdempotencyStore, fingerprint, key_of, send_answer
 from orchestrator.limits import Limiter
@@ -154,6 +155,7 @@ class OpenAIEndpoint:
         self.ledger: Ledger | None = None  # usage and cost per key and model (app.py's)
         self.request_log = RequestLog(None, None, False)  # audit entries and captured bodies (app.py's)
         self.tracing = Tracing(None)  # OpenTelemetry spans (app.py's; off by default)
+        self.drift_feed: DriftFeed | None = None  # request features for the drift monitor (app.py's, when on)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         await self._entry(scope, receive, send)
@@ -199,7 +201,7 @@ class OpenAIEndpoint:
                 principal = self.auth.admit(method, path, scope["headers"])
             except ServiceError as exc:
                 await self._error(send, exc, request_id)
-                if path.startswith("/admin/"):  # a refused attempt at any admin route is worth knowing about
+                if path.startswith(("/admin/", "/drift/")):  # a refused attempt at these is worth knowing about
                     refused = getattr(exc, "principal", None)  # a valid credential without the scope: who
                     self.request_log.admin_request(method, path, request_id, refused, exc.status, {"code": exc.code})
                 return
@@ -241,6 +243,8 @@ class OpenAIEndpoint:
                 status = CLIENT_GONE if seen["gone"] else seen["status"]  # left before the end: 499, as nginx logs
                 self.request_log.model_request(route, request_id, seen["principal"], seen["model"], status,
                                                seen["body"], tap)
+                if self.drift_feed is not None and seen["model"]:
+                    self._feed_drift(route, status, time.perf_counter() - began, seen)
 
     async def _handle(self, scope: dict[str, Any], receive: Any, send: Any, began: float,
                       seen: dict[str, Any], request_id: bytes) -> None:
@@ -288,6 +292,10 @@ class OpenAIEndpoint:
         try:
             try:
                 payload = parse_request(body, ROUTES[route])
+                if self.drift_feed is not None:
+                    seen["stream"] = payload.get("stream") is True
+                    if self.drift_feed.embed is not None and route in STREAM_ROUTES:
+                        seen["prompt"] = prompt_text(payload)
                 idempotency_key = key_of(scope["headers"]) if self.idempotency is not None else None
                 if idempotency_key is not None and payload.get("stream") is True:
                     raise ServiceError(400, "Idempotency-Key is not supported with stream: true",
@@ -335,6 +343,7 @@ class OpenAIEndpoint:
                     lease = await self._acquire(target, seconds)
             except ServiceError as exc:
                 answered = True
+                seen["error"] = exc.code
                 await self._error(send, exc, request_id)
                 return
             transform = None if capture is not None else self._answer_transform(scope)  # the capture transforms
@@ -351,6 +360,7 @@ class OpenAIEndpoint:
             # rather than let it answer 500.
             task.uncancel()
             error = ServiceError(503, "the orchestrator is shutting down", code="shutting_down", retry_after=5)
+            seen["error"] = error.code
             await self._error(send, error, request_id)
         except Exception:
             # A bug of ours: log it, and answer like every other error if we still can.
@@ -362,6 +372,7 @@ class OpenAIEndpoint:
             state["done"] = True
             watcher.cancel()
             if lease is not None and lease.usage is not None:
+                seen["usage"] = lease.usage
                 self._account(principal, target, lease)
             if idempotent is not None and self.idempotency is not None:
                 # Only what the model's service answered is kept; the gateway's refusals depend on the moment.
@@ -370,6 +381,19 @@ class OpenAIEndpoint:
                 finishing = asyncio.create_task(self.idempotency.finish(*idempotent, answer, ttl))
                 self._finishing.add(finishing)
                 finishing.add_done_callback(self._finishing.discard)
+
+    def _feed_drift(self, route: str, status: int, latency: float, seen: dict[str, Any]) -> None:
+        """The request's features to the drift feed (a deque append). Never fails the request."""
+        assert self.drift_feed is not None
+        try:
+            principal: Principal | None = seen["principal"]
+            error = "client_gone" if status == CLIENT_GONE else seen.get("error")
+            features = request_features(route, seen["model"], status, error, latency, seen["first_byte"],
+                                        seen.get("stream", False), principal.key_id if principal else None,
+                                        principal.tenant if principal else None, seen.get("usage"))
+            self.drift_feed.record(seen["model"], features, seen.get("prompt"))
+        except Exception:  # noqa: BLE001 - drift is an observer: it must not break a request
+            log.exception("feeding a request to the drift monitor failed")
 
     def _account(self, principal: Principal | None, target: Target, lease: Lease) -> None:
         """Count what a successful answer used: against the token limits, in

@@ -81,8 +81,8 @@ class RequestLog:
     @staticmethod
     def audits_admin(method: str, path: str) -> bool:
         """Admin requests worth an entry: every change, and reads of captured bodies or of the log itself."""
-        if not path.startswith("/admin/"):
-            return False
+        if not path.startswith(("/admin/", "/drift/")) or path == "/drift/ingest":  # monitors are configuration;
+            return False  # the events pushed into them are data
         return method not in ("GET", "HEAD", "OPTIONS") or path.startswith(READ_PATHS_AUDITED)
 
     def admin_request(self, method: str, path: str, request_id: bytes, principal: Principal | None, status: int,

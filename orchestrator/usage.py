@@ -26,6 +26,8 @@ from typing import Any
 import orjson
 
 STREAM_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
+FINISH_REASON_TAIL = 16 * 1024  # the last choice's finish_reason follows its message: near the end
+_FINISH = re.compile(rb'"finish_reason"\s*:\s*"([A-Za-z0-9_.-]{1,40})"')
 BYTES_PER_TOKEN = 4  # the usual estimate for English text, when a count is missing
 
 
@@ -37,6 +39,7 @@ class Usage:
     audio_seconds: float = 0.0
     gpu_seconds: float = 0.0
     estimated: bool = False
+    finish_reason: str | None = None  # the last choice's (stop, length, ...), for the drift feed
 
     @property
     def tokens(self) -> int:
@@ -93,7 +96,20 @@ def usage_of_answer(route: str, content_type: str, data: bytes) -> Usage:
             found.images = len(answer["data"])
         return found
     _from_usage(usage_object(data), found)
+    if route in STREAM_ROUTES:  # chat and completions have one; embeddings (megabytes, maybe) do not
+        found.finish_reason = finish_reason_of(data[-FINISH_REASON_TAIL:])
     return found
+
+
+def finish_reason_of(data: bytes) -> str | None:
+    """The last "finish_reason" string in data (an answer, or stream events), found without parsing it."""
+    at = data.rfind(b'"finish_reason"')
+    while at >= 0:
+        match = _FINISH.match(data, at)
+        if match:
+            return match.group(1).decode()
+        at = data.rfind(b'"finish_reason"', 0, at)  # that one was null: an earlier choice may say
+    return None
 
 
 def usage_object(data: bytes) -> Any:
@@ -142,6 +158,7 @@ class StreamUsage:
         self.usage: Usage | None = None
         self.events = 0  # content events sent, for the estimate
         self.given_up = False
+        self.finish_reason: str | None = None
         self._pending = b""
 
     def feed(self, chunk: bytes) -> bytes:
@@ -159,6 +176,8 @@ class StreamUsage:
             return b""
         self._pending = data[end:]
         whole = data[:end]
+        if b'"finish_reason":"' in whole or b'"finish_reason": "' in whole:  # the last content event
+            self.finish_reason = finish_reason_of(whole) or self.finish_reason
         if whole.count(b'"usage"') == whole.count(b'"usage":null') + whole.count(b'"usage": null'):
             self.events += whole.count(b"data:")  # the hot path: no usage object, pass the events on
             return whole
@@ -191,9 +210,9 @@ class StreamUsage:
         return True
 
     def result(self) -> Usage:
-        if self.usage is not None:
-            return self.usage
-        return Usage(prompt_tokens=self.prompt_estimate, completion_tokens=self.events, estimated=True)
+        usage = self.usage or Usage(prompt_tokens=self.prompt_estimate, completion_tokens=self.events, estimated=True)
+        usage.finish_reason = self.finish_reason
+        return usage
 
 
 def prompt_estimate(payload: dict[str, Any]) -> int:

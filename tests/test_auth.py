@@ -92,6 +92,8 @@ ROUTES = [
     ("GET", "/admin/audit", None, "audit:read", None, 200),
     ("GET", "/admin/audit/verify", None, "audit:read", None, 200),
     ("GET", "/admin/captures", None, "captures:read", None, 404),  # capture is off here: 404 capture_disabled
+    ("GET", "/drift/monitors", None, "drift:read", None, 404),  # drift is off here: 404 drift_disabled
+    ("DELETE", "/drift/monitors/m", None, "drift:write", None, 404),
     ("GET", "/admin/keys", None, "admin:keys", None, 200),
     ("GET", "/admin/keys/", None, "admin:keys", None, 307),  # FastAPI's redirect, only once allowed
     ("OPTIONS", "/admin/keys", None, "admin:keys", None, 405),
@@ -108,7 +110,7 @@ SCOPES_OF = {
     "member (x-api-key)": {"models:read", "inference"},
     "limited": {"models:read", "inference"},
     "admin": {"models:read", "inference", "metrics:read", "admin:read", "admin:models", "admin:keys", "audit:read",
-              "captures:read"},
+              "captures:read", "drift:read", "drift:write"},
 }
 REJECTED = {
     "missing": "missing_api_key",

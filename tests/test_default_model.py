@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +53,34 @@ def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, P
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
         assert wait_until(lambda: not instance_processes(state), 10)
+
+
+def test_the_drift_monitor_sees_the_real_models_requests(appliance):
+    """The default config runs the drift monitor: a monitor on the chat model's
+    requests gets each one's real tokens, finish reason and time to first token."""
+    url, log = appliance
+    features = [{"name": name, "kind": kind} for name, kind in (
+        ("prompt_tokens", "numeric"), ("completion_tokens", "numeric"), ("ttft_ms", "numeric"),
+        ("latency_ms", "numeric"), ("finish_reason", "categorical"), ("stream", "categorical"))]
+    made = httpx.post(url + "/drift/monitors", json={"name": "default-chat", "model": "smollm2-135m",
+                                                     "source": "requests", "features": features}, timeout=60)
+    assert made.status_code == 201, made.text
+    for stream in (False, True):
+        with httpx.stream("POST", url + "/v1/chat/completions", json={**QUESTION, "stream": stream},
+                          timeout=180) as answer:
+            assert answer.status_code == 200
+            answer.read()
+    monitor = made.json()["id"]
+    assert wait_until(lambda: httpx.get(f"{url}/drift/monitors/{monitor}").json()["events_seen"] == 2, 15)
+    with sqlite3.connect(log.parent / "state" / "drift.db") as db:
+        rows = [json.loads(values) for (values,) in db.execute(
+            'SELECT "values" FROM events WHERE monitor_id = ? ORDER BY seq', [monitor])]
+    plain, streamed = rows
+    for row in rows:
+        assert row["prompt_tokens"] > 5 and row["completion_tokens"] > 0
+        assert row["finish_reason"] in ("stop", "length") and row["latency_ms"] > 0
+    assert (plain["stream"], streamed["stream"]) == ("false", "true")
+    assert plain["ttft_ms"] is None and 0 < streamed["ttft_ms"] <= streamed["latency_ms"]
 
 
 def test_start_all_prints_where_it_listens_and_a_curl_example(appliance):

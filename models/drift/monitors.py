@@ -10,6 +10,10 @@ clean_value() decides, value by value, what an event may carry:
     numeric feature      int or float; NaN, inf and null are dropped and counted
     categorical feature  str, int or bool, compared as strings (1 and "1" are one
                          category); null and NaN are dropped and counted
+    embedding feature    a list of 1 to 4096 numbers; null, or a vector holding NaN,
+                         inf or null, is dropped and counted; every vector must have
+                         the dimension of the monitor's first (of its explicit
+                         reference, else of the first vector its stream accepted)
     anything else        a 400 naming the event and the feature
 
 An event may leave features out: the feature gets a missing value there
@@ -28,9 +32,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from core.errors import ServiceError
+from models.drift.embedding import compare_embeddings
 from models.drift.measures import (
     DEFAULT_CONFIG,
     DriftConfig,
@@ -50,10 +56,15 @@ MIN_WINDOW = DEFAULT_CONFIG.min_samples  # a smaller window could never be judge
 MAX_FEATURES = 50
 MAX_BATCH = 10_000  # events per ingest request
 MAX_CATEGORY_LENGTH = 256
+MAX_DIMENSION = 4096  # numbers in one embedding vector
+# Vectors per side of a window with an embedding feature: 5000 of 384 dimensions
+# take 15 MB a side as float64, and one evaluation about 80 ms (models/drift/embedding.py).
+MAX_EMBEDDING_WINDOW = 5000
 
 NUMERIC_ALGORITHMS = ("psi", "kl_divergence", "js_distance", "ks", "wasserstein")
 CATEGORICAL_ALGORITHMS = ("chi_square", "psi", "js_distance")
-ALGORITHMS = {"numeric": NUMERIC_ALGORITHMS, "categorical": CATEGORICAL_ALGORITHMS}
+EMBEDDING_ALGORITHMS = ("ks", "wasserstein")  # on the principal components: models/drift/embedding.py
+ALGORITHMS = {"numeric": NUMERIC_ALGORITHMS, "categorical": CATEGORICAL_ALGORITHMS, "embedding": EMBEDDING_ALGORITHMS}
 ALL_ALGORITHMS = tuple(dict.fromkeys(NUMERIC_ALGORITHMS + CATEGORICAL_ALGORITHMS))
 # thresholds key -> the DriftConfig field it overrides
 THRESHOLD_FIELDS = {"psi": "psi", "kl_divergence": "kl", "js_distance": "js", "ks": "ks",
@@ -76,7 +87,7 @@ class _Strict(BaseModel):
 
 class FeatureSpec(_Strict):
     name: FeatureName
-    kind: Literal["numeric", "categorical"]
+    kind: Literal["numeric", "categorical", "embedding"]
 
 
 class WindowSpec(_Strict):
@@ -84,7 +95,9 @@ class WindowSpec(_Strict):
     events) against the latest `size`; sliding: the latest `size` against the
     `size` before; tumbling: each closed window of `size` against the one
     before; adwin: river's ADWIN finds a change, then the `size` values
-    before it are compared with those after it (numeric features only)."""
+    before it are compared with those after it (numeric features only).
+    With an embedding feature, size and reference_size are at most
+    MAX_EMBEDDING_WINDOW vectors."""
 
     kind: Literal["fixed", "sliding", "tumbling", "adwin"]
     size: int = Field(1000, ge=MIN_WINDOW, le=MAX_WINDOW, strict=True)
@@ -105,6 +118,8 @@ class ThresholdSpec(_Strict):
 class MonitorCreate(_Strict):
     name: MonitorName
     model: ModelName | None = None
+    # push: events come by POST /drift/ingest; requests: from the orchestrator's request feed (request_source.py)
+    source: Literal["push", "requests"] = "push"
     features: list[FeatureSpec] = Field(min_length=1, max_length=MAX_FEATURES)
     algorithms: list[Algorithm] | None = Field(None, min_length=1)
     window: WindowSpec = Field(default_factory=lambda: WindowSpec(kind="sliding"))
@@ -146,6 +161,8 @@ def clean_value(value: Any, kind: str, param: str) -> tuple[Any, bool]:
     """(the value a window holds, whether it counts as dropped). Raises a 400 naming param."""
     if value is None:
         return None, True
+    if kind == "embedding":
+        return clean_vector(value, param)
     if kind == "numeric":
         if isinstance(value, bool):
             raise bad(f"{param}: a boolean is not numeric; declare the feature categorical", param, "kind_mismatch")
@@ -175,6 +192,34 @@ def clean_value(value: Any, kind: str, param: str) -> tuple[Any, bool]:
             return None, True
         raise bad(f"{param}: numeric value {value} for a categorical feature", param, "kind_mismatch")
     raise bad(f"{param}: expected a category (string), got {type(value).__name__}", param)
+
+
+def clean_vector(value: Any, param: str) -> tuple[list[float] | None, bool]:
+    """An embedding as the window holds it: a JSON list of floats (it is stored
+    as sent). A vector holding NaN, inf or null is dropped, like a NaN."""
+    if isinstance(value, str | bool | int | float):
+        raise bad(f"{param}: {type(value).__name__} value for an embedding feature: send a list of numbers",
+                  param, "kind_mismatch")
+    if not isinstance(value, list):
+        raise bad(f"{param}: expected an embedding (a list of numbers), got {type(value).__name__}", param)
+    if not 1 <= len(value) <= MAX_DIMENSION:
+        raise bad(f"{param}: an embedding has 1 to {MAX_DIMENSION} numbers, this one {len(value)}", param)
+    if not all(type(number) is float for number in value):  # the usual case, checked fast
+        value = [_vector_number(number, f"{param}.{index}") for index, number in enumerate(value)]
+    if not all(map(math.isfinite, value)):
+        return None, True
+    return value, False
+
+
+def _vector_number(number: Any, param: str) -> float:
+    if number is None:
+        return math.nan
+    if isinstance(number, bool) or not isinstance(number, int | float):
+        raise bad(f"{param}: an embedding holds numbers, not {type(number).__name__}", param)
+    try:
+        return float(number)
+    except OverflowError:
+        raise bad(f"{param}: {number} is out of the float range", param) from None
 
 
 def drift_config(thresholds: dict[str, dict[str, float | None]]) -> DriftConfig:
@@ -208,12 +253,13 @@ def check_spec(features: list[FeatureSpec], algorithms: list[str] | None,
             raise bad(f"none of the algorithms {algorithms} applies to {feature.kind} feature {feature.name!r} "
                       f"({feature.kind}: {', '.join(ALGORITHMS[feature.kind])})", "algorithms", "kind_mismatch")
     if window.kind == "adwin":
-        categorical = [feature.name for feature in features if feature.kind == "categorical"]
-        if categorical:
-            raise bad(f"an adwin window takes numeric features only; {categorical[0]!r} is categorical",
+        other = [feature for feature in features if feature.kind != "numeric"]
+        if other:
+            raise bad(f"an adwin window takes numeric features only; {other[0].name!r} is {other[0].kind}",
                       "window.kind", "kind_mismatch")
     elif window.delta is not None:
         raise bad("delta is for adwin windows only", "window.delta")
+    _check_embedding_window(features, window)
     if window.kind != "fixed":
         for name in ("reference", "reference_size"):
             if getattr(window, name) is not None:
@@ -233,15 +279,48 @@ def check_spec(features: list[FeatureSpec], algorithms: list[str] | None,
         if name not in window.reference:
             raise bad(f"the reference lacks feature {name!r}", "window.reference", "missing_feature")
         values = window.reference[name]
-        if len(values) > MAX_WINDOW:
-            raise bad(f"a reference holds at most {MAX_WINDOW} values", f"window.reference.{name}")
+        most = MAX_EMBEDDING_WINDOW if kind == "embedding" else MAX_WINDOW
+        if len(values) > most:
+            raise bad(f"a reference holds at most {most} values", f"window.reference.{name}")
         cleaned = [clean_value(value, kind, f"window.reference.{name}.{i}")[0] for i, value in enumerate(values)]
+        if kind == "embedding":
+            check_dimensions(cleaned, None, f"window.reference.{name}")
         usable = sum(value is not None for value in cleaned)
         if usable < MIN_WINDOW:
             raise bad(f"the reference of {name!r} has {usable} usable values; it needs at least {MIN_WINDOW}",
                       f"window.reference.{name}")
         reference[name] = cleaned
     return reference
+
+
+def _check_embedding_window(features: list[FeatureSpec], window: WindowSpec) -> None:
+    """Windows of vectors are smaller: each value is up to MAX_DIMENSION numbers."""
+    embedding = next((feature.name for feature in features if feature.kind == "embedding"), None)
+    if embedding is None:
+        return
+    for name in ("size", "reference_size"):
+        size = getattr(window, name)
+        if size is not None and size > MAX_EMBEDDING_WINDOW:
+            raise bad(f"window.{name}: a monitor with an embedding feature ({embedding!r}) takes windows of at most "
+                      f"{MAX_EMBEDDING_WINDOW} vectors", f"window.{name}")
+
+
+def check_dimensions(vectors: list[Any], dimension: int | None, param: str) -> int | None:
+    """The vectors' common dimension: dimension, when given, else the first
+    vector's. A 400 dimension_mismatch names the first vector that differs."""
+    for index, vector in enumerate(vectors):
+        dimension = check_dimension(vector, dimension, f"{param}.{index}")
+    return dimension
+
+
+def check_dimension(vector: list[float] | None, dimension: int | None, param: str) -> int | None:
+    """The feature's dimension once vector is accepted (a missing vector fixes none)."""
+    if vector is None:
+        return dimension
+    if dimension is not None and len(vector) != dimension:
+        raise bad(f"{param}: an embedding of {len(vector)} numbers, but this feature's have {dimension}",
+                  param, "dimension_mismatch")
+    return len(vector)
 
 
 def window_row(window: WindowSpec) -> dict[str, Any]:
@@ -351,6 +430,9 @@ class MonitorConfig:
     updated: float
     events_seen: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    source: str = "push"  # or "requests": see request_source.py
+    feed_seq: int = 0  # the request feed's highest seq committed
+    feed_id: str | None = None  # the feed it counts in
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> MonitorConfig:
@@ -361,7 +443,8 @@ class MonitorConfig:
         window = dict(self.window)
         if self.reference is not None:
             window["reference_counts"] = {name: len(values) for name, values in self.reference.items()}
-        return {"id": self.id, "name": self.name, "model": self.model, "features": self.features,
+        return {"id": self.id, "name": self.name, "model": self.model, "source": self.source,
+                "features": self.features,
                 "algorithms": self.algorithms, "window": window, "thresholds": self.thresholds,
                 "alert_severity": self.alert_severity, "webhook": self.webhook,
                 "cooldown_seconds": self.cooldown_seconds, "events_seen": self.events_seen,
@@ -383,6 +466,10 @@ class Monitor:
         self.deleted = False
         self.last_alert: dict[str, Any] | None = None
         self.events_since_prune = 0
+        # Small batches are evaluated together (server.py): fed since the last evaluation, and one scheduled.
+        self.stale = False
+        self.evaluation_pending = False
+        self.evaluated_mono = 0.0  # time.monotonic() of the last evaluation
         self.configure(config)
 
     def configure(self, config: MonitorConfig) -> None:
@@ -391,6 +478,13 @@ class Monitor:
         self.drift_config = drift_config(config.thresholds)
         self.events_seen = 0
         self.dropped = {name: int(config.dropped.get(name, 0)) for name in config.kinds}
+        self.embeddings = [name for name, kind in config.kinds.items() if kind == "embedding"]
+        # An embedding feature's dimension: its reference's, else its stream's first vector's.
+        self.dimensions: dict[str, int] = {}
+        for name in self.embeddings:
+            dimension = check_dimensions(config.reference[name], None, name) if config.reference else None
+            if dimension is not None:
+                self.dimensions[name] = dimension
         window = config.window
         self._reference_fill: dict[str, list[Any]] | None = None
         if window["kind"] == "fixed" and config.reference is None:
@@ -402,12 +496,21 @@ class Monitor:
     def _make_window(self, name: str) -> Any:
         window, size = self.config.window, self.config.window["size"]
         if window["kind"] == "fixed":
-            return FixedWindow(self.config.reference[name], size) if self.config.reference is not None else None
+            if self.config.reference is None:
+                return None
+            return FixedWindow([self._held(name, value) for value in self.config.reference[name]], size)
         if window["kind"] == "sliding":
             return SlidingWindow(size)
         if window["kind"] == "tumbling":
             return TumblingWindow(size)
         return AdwinWindow(size, float(window.get("delta") or 0.002))
+
+    def _held(self, name: str, value: Any) -> Any:
+        """What a window holds: a vector as a float64 array (a quarter of a
+        list's memory, and quick to stack); any other value as it is."""
+        if value is None or name not in self.embeddings:
+            return value
+        return np.asarray(value, dtype=np.float64)
 
     # ------------------------------------------------------------ streams
 
@@ -447,6 +550,7 @@ class Monitor:
         kinds = self.config.kinds
         cleaned, dropped = [], 0
         missing = dict(self.dropped)
+        dimensions = dict(self.dimensions)
         for index, event in enumerate(events):
             for name in event:
                 if name not in kinds:
@@ -458,6 +562,8 @@ class Monitor:
             row = {}
             for name, kind in kinds.items():
                 value, was_dropped = clean_value(event.get(name), kind, f"events.{index}.{name}")
+                if kind == "embedding":
+                    dimensions[name] = check_dimension(value, dimensions.get(name), f"events.{index}.{name}")
                 row[name] = value
                 dropped += was_dropped and name in event
                 missing[name] += was_dropped
@@ -476,6 +582,9 @@ class Monitor:
         frozen = None
         for event in events:
             self.events_seen += 1
+            for name in self.embeddings:
+                if event.get(name) is not None:
+                    self.dimensions.setdefault(name, len(event[name]))
             if self._reference_fill is not None:
                 for name, values in self._reference_fill.items():
                     values.append(event.get(name))
@@ -485,7 +594,7 @@ class Monitor:
                     self.windows = {name: self._make_window(name) for name in self.config.kinds}
                 continue
             for name, window in self.windows.items():
-                window.add(event.get(name))
+                window.add(self._held(name, event.get(name)))
         return frozen
 
     # ------------------------------------------------------------ verdicts
@@ -496,6 +605,7 @@ class Monitor:
         self.evaluation = Evaluation(severity=worst(status.severity for status in features.values()),
                                      features=features, events_seen=self.events_seen,
                                      seconds=round(time.monotonic() - began, 4))
+        self.evaluated_mono, self.stale = time.monotonic(), False
         return self.evaluation
 
     def _evaluate_feature(self, name: str, kind: str) -> FeatureStatus:
@@ -511,7 +621,8 @@ class Monitor:
         cached = self._cache.get(name)
         if key is not None and cached is not None and cached[0] == key:
             return FeatureStatus(name, kind, cached[1], info, self.dropped[name])
-        compare = compare_numeric if kind == "numeric" else compare_categorical
+        compare = {"numeric": compare_numeric, "categorical": compare_categorical,
+                   "embedding": compare_embeddings}[kind]
         try:
             drift = compare(pair[0], pair[1], self.drift_config)
         except DriftInputError as error:  # values are checked at ingest: should not happen
@@ -545,6 +656,8 @@ class Monitor:
             info.update(reference=len(pair[0]) if pair else 0, current=len(pair[1]) if pair else 0,
                         change_points=window.detector.change_points[-20:], estimation=window.detector.estimation)
         info["held"] = window.held if window is not None else info["reference"]
+        if name in self.embeddings:
+            info["dimension"] = self.dimensions.get(name)
         return info
 
     def forget_verdicts(self) -> None:

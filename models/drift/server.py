@@ -23,12 +23,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Header, Query
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 # Run as a script by the engine's own interpreter: make the repository importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+# Before numpy loads: a multi-threaded BLAS spends 2-4 times the CPU on the small
+# vector operations of one evaluation (scipy's wasserstein_distance), measured by
+# scripts/bench.sh drift; requests to other monitors get the cores instead.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from core.base_service import BaseService  # noqa: E402
 from core.errors import ServiceError  # noqa: E402
@@ -50,6 +54,12 @@ from models.drift.monitors import (  # noqa: E402
     drift_config,
     window_row,
 )
+from models.drift.request_source import (  # noqa: E402
+    TOKEN_HEADER,
+    RequestFeed,
+    check_feed_token,
+    check_request_features,
+)
 from models.drift.store import DriftStore, finite_or_none  # noqa: E402
 
 log = logging.getLogger("modelyard.drift")
@@ -57,6 +67,11 @@ log = logging.getLogger("modelyard.drift")
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# Each evaluation covers whole windows (about 8 ms at 1000 values a side, 5 features),
+# whatever the batch: small batches arriving faster than this are evaluated together,
+# at most EVALUATE_EVERY seconds after the first of them (scripts/bench.sh drift).
+EVALUATE_EVERY = 0.1
+IMMEDIATE_SHARE = 0.25  # a batch of at least this share of the window is evaluated at once
 MAX_MONITORS = 200  # each holds windows of up to 100,000 values per feature: memory is the limit
 
 
@@ -147,6 +162,7 @@ class DriftService(BaseService):
         app.add_api_route("/drift/monitors/{ref}/report", self.monitor_report, methods=["GET"])
         app.add_api_route("/drift/models/{model:path}/status", self.model_status, methods=["GET"])
         app.add_api_route("/drift/ingest", self.ingest, methods=["POST"])
+        app.add_api_route("/drift/requests", self.ingest_requests, methods=["POST"])
         app.add_api_route("/drift/alerts", self.list_alerts, methods=["GET"])
         app.add_api_route("/metrics", self.metrics, methods=["GET"])
 
@@ -175,6 +191,8 @@ class DriftService(BaseService):
 
         def make() -> MonitorConfig:  # a reference of millions of values: checked and stored off the event loop
             reference = check_spec(body.features, body.algorithms, body.window)
+            if body.source == "requests":
+                check_request_features(body.features)
             thresholds = {key: spec.model_dump() for key, spec in body.thresholds.items()}
             drift_config(thresholds)  # 400 when the overrides do not line up
             now = time.time()
@@ -184,6 +202,7 @@ class DriftService(BaseService):
                 algorithms=list(body.algorithms or ALL_ALGORITHMS), window=window_row(body.window),
                 reference=reference, thresholds=thresholds, alert_severity=body.alert_severity,
                 webhook=check_webhook(body.webhook), cooldown_seconds=body.cooldown_seconds, created=now, updated=now,
+                source=body.source,
             )
             store.insert_monitor(dataclasses.asdict(made))
             return made
@@ -207,7 +226,7 @@ class DriftService(BaseService):
         return {"object": "list", "data": [{**m.public(), "severity": self._severity(m)} for m in monitors]}
 
     async def get_monitor(self, ref: str) -> dict[str, Any]:
-        monitor = self._find(ref)
+        monitor = await self._fresh(self._find(ref))
         return {**monitor.public(), "severity": self._severity(monitor)}
 
     async def update_monitor(self, ref: str, body: MonitorPatch) -> dict[str, Any]:
@@ -233,6 +252,8 @@ class DriftService(BaseService):
             feature_specs = features or [_feature_spec(f) for f in old.features]
             algorithms = body.algorithms if "algorithms" in given else old.algorithms
             fields: dict[str, Any] = {"updated": time.time()}
+            if features is not None and old.source == "requests":
+                check_request_features(features)
             if restart:
                 spec_window = window or _window_spec(old)
                 reference = check_spec(feature_specs, algorithms, spec_window)
@@ -286,51 +307,147 @@ class DriftService(BaseService):
         return {"id": monitor.config.id, "object": "drift.monitor", "deleted": True}
 
     async def monitor_status(self, ref: str) -> dict[str, Any]:
-        return finite_or_none(self._find(ref).status())
+        return finite_or_none((await self._fresh(self._find(ref))).status())
 
     async def monitor_report(self, ref: str) -> dict[str, Any]:
-        monitor = self._find(ref)
+        monitor = await self._fresh(self._find(ref))
         return finite_or_none(await asyncio.to_thread(monitor.report))
+
+    async def _fresh(self, monitor: Monitor) -> Monitor:
+        """The monitor with the batches it has taken evaluated (not left for later)."""
+        if monitor.stale:
+            async with monitor.turn:
+                if monitor.stale and not monitor.deleted:
+                    self._send_webhook(monitor, await asyncio.to_thread(self._judge_locked, monitor))
+        return monitor
 
     async def model_status(self, model: str) -> dict[str, Any]:
         self._require_ready()
         monitors = [m for m in self.monitors.values() if m.config.model == model]
         if not monitors:
             raise ServiceError(404, f"no drift monitor watches model {model!r}", "model_not_monitored", "model")
+        for monitor in monitors:
+            await self._fresh(monitor)
         return {"model": model, "severity": self._model_severity(model),
                 "monitors": [{"id": m.config.id, "name": m.config.name, "severity": self._severity(m),
                               "events_seen": m.events_seen} for m in monitors]}
 
     async def ingest(self, body: IngestRequest) -> dict[str, Any]:
         monitor = self._find(body.monitor, param="monitor")
+        if monitor.config.source == "requests":
+            raise bad(f"drift monitor {monitor.config.name!r} watches the orchestrator's requests; events cannot "
+                      "be pushed into it", "monitor", "monitor_fed_by_requests", 409)
+        return await self._ingest_batch(monitor, body.events, body.ts if body.ts is not None else time.time())
+
+    async def ingest_requests(self, body: RequestFeed,
+                              feed_token: str | None = Header(None, alias=TOKEN_HEADER)) -> dict[str, Any]:
+        """The orchestrator's request feed (orchestrator/drift_feed.py): each
+        event goes to every monitor with source `requests` whose model it is
+        (or that watches every model). Not reachable through the orchestrator's port."""
+        check_feed_token(feed_token)
+        self._require_ready()
+        fed = 0
+        for monitor in [m for m in self.monitors.values() if m.config.source == "requests"]:
+            wanted = monitor.config.kinds
+            chosen = [event for event in body.events
+                      if (monitor.config.model is None or event.model == monitor.config.model)
+                      and not wanted.keys().isdisjoint(event.features)]
+            if not chosen:
+                continue
+            # Only the features it watches; those a request lacks are left out (counted as missing).
+            values = [{name: event.features[name] for name in wanted if name in event.features} for event in chosen]
+            try:
+                await self._ingest_batch(monitor, values, chosen[-1].ts, (body.feed, [e.seq for e in chosen]))
+                fed += 1
+            except ServiceError as error:  # deleted meanwhile: the others still get theirs
+                log_event(log, "request events not taken by a monitor", logging.WARNING, monitor=monitor.config.name,
+                          events=len(chosen), reason=error.message)
+        return {"accepted": len(body.events), "monitors_fed": fed,
+                "last_seq": max((event.seq for event in body.events), default=None)}
+
+    async def _ingest_batch(self, monitor: Monitor, events: list[dict[str, Any]], ts: float,
+                            feed: tuple[str, list[int]] | None = None) -> dict[str, Any]:
         # Batches for one monitor wait their turn here, holding no worker thread: many
         # concurrent ingests cannot take every thread from the other monitors and routes.
         async with monitor.turn:
-            result, alert = await asyncio.to_thread(self._ingest, monitor, body)
-        if alert is not None and monitor.config.webhook:
-            assert self.alerts is not None
-            task = asyncio.create_task(self.alerts.send_webhook(monitor.config.webhook, alert))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            result, alert = await asyncio.to_thread(self._ingest, monitor, events, ts, feed)
+        self._send_webhook(monitor, alert)
+        if monitor.stale and not monitor.evaluation_pending:
+            monitor.evaluation_pending = True
+            self._track(asyncio.create_task(self._evaluate_later(monitor)))
         return result
 
-    def _ingest(self, monitor: Monitor, body: IngestRequest) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        """Validate, commit, feed, evaluate, alert: one batch, under the monitor's lock."""
+    async def _evaluate_later(self, monitor: Monitor) -> None:
+        """The evaluation the last small batches skipped, EVALUATE_EVERY after the previous one."""
+        try:
+            await asyncio.sleep(max(0.0, monitor.evaluated_mono + EVALUATE_EVERY - time.monotonic()))
+            async with monitor.turn:
+                monitor.evaluation_pending = False  # a batch arriving from now on schedules the next one
+                if not monitor.stale or monitor.deleted:
+                    return
+                alert = await asyncio.to_thread(self._judge_locked, monitor)
+            self._send_webhook(monitor, alert)
+        except Exception:  # noqa: BLE001 - the next batch evaluates again
+            monitor.evaluation_pending = False
+            log.exception("evaluating drift monitor %s failed", monitor.config.name)
+
+    def _judge_locked(self, monitor: Monitor) -> dict[str, Any] | None:
+        with monitor.lock:
+            if monitor.deleted:
+                return None
+            _, alert = self._judge(monitor)
+        if monitor.config.model:
+            assert self.alerts is not None
+            self.alerts.set_model(monitor.config.model, self._model_severity(monitor.config.model))
+        return alert
+
+    def _judge(self, monitor: Monitor) -> tuple[Any, dict[str, Any] | None]:
+        """Evaluate (under the monitor's lock) and raise the alert it calls for, if any."""
+        assert self.alerts is not None
+        evaluation = monitor.evaluate()
+        return evaluation, self.alerts.observe(monitor, evaluation)
+
+    def _send_webhook(self, monitor: Monitor, alert: dict[str, Any] | None) -> None:
+        if alert is not None and monitor.config.webhook:
+            assert self.alerts is not None
+            self._track(asyncio.create_task(self.alerts.send_webhook(monitor.config.webhook, alert)))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _ingest(self, monitor: Monitor, raw: list[dict[str, Any]], ts: float,
+                feed: tuple[str, list[int]] | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Validate, commit, feed, evaluate, alert: one batch, under the monitor's lock.
+        feed: the request feed's id and each event's seq; those counted already are skipped."""
         assert self.store is not None and self.alerts is not None
         with monitor.lock:
             if monitor.deleted:
                 raise ServiceError(404, f"drift monitor {monitor.config.id!r} was deleted", "monitor_not_found",
                                    "monitor")
-            events, dropped, missing = monitor.check_events(body.events)
+            committed = None
+            if feed is not None:
+                raw, committed = self._new_in_feed(monitor, raw, feed)
+                if not raw:
+                    return {"monitor": monitor.config.id, "accepted": 0}, None
+            events, dropped, missing = self._checked(monitor, raw, feed is not None)
             # Committed before anything else: an answered event survives a kill.
-            self.store.append_events(monitor.config.id, body.ts if body.ts is not None else time.time(), events,
-                                     missing)
+            self.store.append_events(monitor.config.id, ts, events, missing, committed)
+            if committed is not None:
+                monitor.config.feed_id, monitor.config.feed_seq = committed
+            if not events:  # the feed's events were all refused: their seq is committed, nothing else changes
+                return {"monitor": monitor.config.id, "accepted": 0}, None
             monitor.dropped = missing
             frozen = monitor.feed(events)
             if frozen is not None:
                 self.store.set_reference(monitor.config.id, frozen)
-            evaluation = monitor.evaluate()
-            alert = self.alerts.observe(monitor, evaluation)
+            alert = None
+            if (len(events) >= IMMEDIATE_SHARE * monitor.config.window["size"] or monitor.evaluation is None
+                    or time.monotonic() - monitor.evaluated_mono >= EVALUATE_EVERY):
+                evaluation, alert = self._judge(monitor)
+            else:  # evaluated with the next batches, or EVALUATE_EVERY after the last evaluation
+                monitor.stale = True
+                evaluation = monitor.evaluation
             self.alerts.events.labels(monitor.config.name).inc(len(events))
             if dropped:
                 self.alerts.dropped.labels(monitor.config.name).inc(dropped)
@@ -340,8 +457,45 @@ class DriftService(BaseService):
         if monitor.config.model:
             self.alerts.set_model(monitor.config.model, self._model_severity(monitor.config.model))
         return {"monitor": monitor.config.id, "accepted": len(events), "dropped_nan": dropped,
-                "events_seen": monitor.events_seen, "severity": evaluation.severity,
+                "events_seen": monitor.events_seen, "severity": evaluation.severity, "evaluated": not monitor.stale,
                 "evaluation_seconds": evaluation.seconds, "alert": alert}, alert
+
+    @staticmethod
+    def _new_in_feed(monitor: Monitor, raw: list[dict[str, Any]], feed: tuple[str, list[int]]
+                     ) -> tuple[list[dict[str, Any]], tuple[str, int]]:
+        """The events this monitor has not committed yet (under its lock), and
+        the (feed id, seq) it will have committed through. A feed it has not seen
+        (a new drift_feed.db) counts from the start."""
+        feed_id, seqs = feed
+        since = monitor.config.feed_seq if monitor.config.feed_id in (None, feed_id) else 0
+        fresh = [event for event, seq in zip(raw, seqs, strict=True) if seq > since]
+        return fresh, (feed_id, max(max(seqs), since))
+
+    @staticmethod
+    def _checked(monitor: Monitor, raw: list[dict[str, Any]], from_feed: bool
+                 ) -> tuple[list[dict[str, Any]], int, dict[str, int]]:
+        """monitor.check_events; for the request feed, an event with a value the
+        monitor refuses (an embedding of another size, say) is left out rather than
+        the whole batch: nobody would see a 400, and the batch is not sent again."""
+        try:
+            return monitor.check_events(raw)
+        except ServiceError:
+            if not from_feed:
+                raise
+        kept, reason = [], ""
+        for event in raw:
+            try:
+                monitor.check_events([event])
+                kept.append(event)
+            except ServiceError as error:
+                reason = error.message
+        try:  # still refused together: embeddings of several sizes before the monitor's first was set
+            checked = monitor.check_events(kept) if kept else ([], 0, dict(monitor.dropped))
+        except ServiceError as error:
+            kept, reason, checked = [], error.message, ([], 0, dict(monitor.dropped))
+        log_event(log, "request events refused by a monitor", logging.WARNING, monitor=monitor.config.name,
+                  refused=len(raw) - len(kept), reason=reason)
+        return checked
 
     async def list_alerts(self, monitor: str | None = None, since: str | None = None,
                           limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:

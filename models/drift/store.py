@@ -75,7 +75,16 @@ def _create_tables(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX alerts_by_time ON alerts (ts)")
 
 
-MIGRATIONS = [_create_tables]
+def _add_request_source(db: sqlite_utils.Database) -> None:
+    # source: push (POST /drift/ingest) or requests (the orchestrator's feed);
+    # feed_seq: the feed's highest seq committed here, so a batch sent again is not counted twice;
+    # feed_id: which feed that seq counts in (a new drift_feed.db numbers from 1 again).
+    db.execute("ALTER TABLE monitors ADD COLUMN source TEXT NOT NULL DEFAULT 'push'")
+    db.execute("ALTER TABLE monitors ADD COLUMN feed_seq INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE monitors ADD COLUMN feed_id TEXT")
+
+
+MIGRATIONS = [_create_tables, _add_request_source]
 
 
 def _json(value: Any) -> str:
@@ -97,6 +106,10 @@ class DriftStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.db = open_database(path, MIGRATIONS)
+        # WAL with synchronous=NORMAL: a commit survives the process being killed (what an
+        # ingest answer promises) but not an OS crash or power loss; it saves an fsync per
+        # batch, which under the store's one lock was what kept concurrent ingests from scaling.
+        self.db.execute("PRAGMA synchronous=NORMAL")
         self.lock = threading.Lock()
 
     def close(self) -> None:
@@ -145,14 +158,17 @@ class DriftStore:
     # ------------------------------------------------------------ events
 
     def append_events(self, monitor_id: str, ts: float, events: Sequence[dict[str, Any]],
-                      dropped: dict[str, int]) -> None:
+                      dropped: dict[str, int], feed: tuple[str, int] | None = None) -> None:
         """Commit a batch (all or nothing), counting it in the monitor's events_seen;
-        dropped is the monitor's new per-feature count of missing values."""
+        dropped is the monitor's new per-feature count of missing values;
+        feed, for a batch of the request feed: its feed id and the highest seq in it."""
+        feed_id, feed_seq = feed if feed is not None else (None, None)
         encoded = [(monitor_id, ts, _json(event)) for event in events]
         with self.lock, self.db.conn:
             self.db.conn.executemany('INSERT INTO events (monitor_id, ts, "values") VALUES (?, ?, ?)', encoded)
-            self.db.execute("UPDATE monitors SET events_seen = events_seen + ?, dropped = ? WHERE id = ?",
-                            [len(events), _json(dropped), monitor_id])
+            self.db.execute("UPDATE monitors SET events_seen = events_seen + ?, dropped = ?, "
+                            "feed_seq = COALESCE(?, feed_seq), feed_id = COALESCE(?, feed_id) WHERE id = ?",
+                            [len(events), _json(dropped), feed_seq, feed_id, monitor_id])
 
     def latest_events(self, monitor_id: str, count: int) -> list[dict[str, Any]]:
         """The monitor's latest `count` events' values, oldest first."""

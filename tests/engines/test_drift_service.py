@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import wait_until
 from tests.support.engine_process import Engine, start_engine
 
 STANDARD = NormalDist()
@@ -434,3 +435,111 @@ def test_webhooks_to_internal_addresses_are_refused_unless_allowed() -> None:
         with pytest.raises(Exception) as refused:
             check_webhook(bad_url)
         assert refused.value.status == 400  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------- embeddings
+
+
+EMBEDDING = [{"name": "prompt", "kind": "embedding"}]
+
+
+def vectors(n: int, moved: float, seed: int, dim: int = 16) -> list[list[float]]:
+    """n vectors of unit normal noise around cluster A (the origin) or, for a
+    `moved` share of them, cluster B (6 noise standard deviations away)."""
+    rng = random.Random(seed)
+    far = 6.0 / dim**0.5  # B sits at (far, ..., far): 6 from A
+    return [[rng.gauss(far if index < moved * n else 0.0, 1.0) for _ in range(dim)] for index in range(n)]
+
+
+def embedding_events(n: int, moved: float, seed: int) -> list[dict[str, Any]]:
+    return [{"prompt": vector} for vector in vectors(n, moved, seed)]
+
+
+def test_embedding_drift_is_detected_alerted_and_reported_over_http(client: httpx.Client) -> None:
+    name = unique("prompts")
+    create(client, name=name, model="embed-model", features=EMBEDDING + NUMERIC,
+           window={"kind": "fixed", "size": 200, "reference_size": 300})
+    reference = [{**event, "x": value} for event, value in zip(embedding_events(300, 0.0, 20), normal(300, seed=21),
+                                                               strict=True)]
+    assert ingest(client, name, reference)["severity"] == "none"
+    calm = ingest(client, name, [{**event, "x": value} for event, value in zip(embedding_events(200, 0.0, 22),
+                                                                               normal(200, seed=24), strict=True)])
+    assert calm["severity"] == "none" and calm["alert"] is None
+
+    drifted = ingest(client, name, embedding_events(200, 0.5, 23))  # half the prompts in a new cluster
+    assert drifted["severity"] == "critical" and drifted["alert"]["severity"] == "critical"
+    print(f"\nembedding evaluation, 300 vs 200 vectors of 16 dimensions: {drifted['evaluation_seconds'] * 1000:.1f} ms")
+    rows = alerts(client, name)
+    assert len(rows) == 1 and "prompt" in rows[0]["drifted"]
+    status = client.get(f"/drift/monitors/{name}/status").json()
+    feature = status["features"]["prompt"]
+    assert feature["kind"] == "embedding" and feature["severity"] == "critical"
+    assert set(feature["results"]) == {"ks", "wasserstein"} and feature["worst"]["severity"] == "critical"
+    assert feature["window"]["dimension"] == 16 and feature["window"]["reference"] == 300
+    report = client.get(f"/drift/monitors/{name}/report").json()
+    assert set(report["features"]["prompt"]) == set(report["features"]["x"])
+    ks = next(r for r in report["features"]["prompt"]["drift"]["results"] if r["name"] == "ks")
+    assert ks["dimension"] == 16 and ks["worst_component"] == 0 and len(ks["components"]) == 10
+    assert abs(ks["value"] - 0.5) < 0.1  # about the share of vectors that moved
+
+    def rejected(body: dict[str, Any], param: str, code: str, path: str = "/drift/ingest") -> None:
+        response = client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+        assert_error(response, 400, param, code)
+
+    rejected({"monitor": name, "events": [{"prompt": [1.0] * 8}]}, "events.0.prompt", "dimension_mismatch")
+    rejected({"monitor": name, "events": [{"prompt": "a prompt"}]}, "events.0.prompt", "kind_mismatch")
+    rejected({"monitor": name, "events": [{"prompt": [1.0, "x"] * 8}]}, "events.0.prompt.1", "invalid_value")
+    nan = ingest(client, name, [{"prompt": [float("nan")] + [0.0] * 15}, {"prompt": None}])
+    assert nan["dropped_nan"] == 2
+    rejected({"name": unique("bad"), "features": EMBEDDING, "window": {"kind": "adwin", "size": 100}},
+             "window.kind", "kind_mismatch", "/drift/monitors")
+    rejected({"name": unique("bad"), "features": EMBEDDING, "window": {"kind": "sliding", "size": 5001}},
+             "window.size", "invalid_value", "/drift/monitors")
+
+
+def test_embedding_windows_survive_kill_9(tmp_path: Path) -> None:
+    argv = ("--state-dir", str(tmp_path), "--keep-events", "0")
+    first = start_engine("drift", tmp_path / "first.log", *argv)
+    try:
+        with httpx.Client(base_url=first.url, timeout=30) as client:
+            create(client, name="prompts", features=EMBEDDING, window={"kind": "sliding", "size": 100})
+            for start in range(0, 250, 50):
+                batch = embedding_events(50, 0.0, 30 + start)
+                batch[0]["prompt"][3] = float("nan")  # a vector holding NaN: stored as null
+                ingest(client, "prompts", batch)
+            before = window_view(client.get("/drift/monitors/prompts/status").json())
+    finally:
+        first.process.kill()  # SIGKILL, right after the last answer
+        first.process.wait(10)
+    assert before["features"]["prompt"][0]["held"] == 200 and before["features"]["prompt"][1] == 5
+
+    second = start_engine("drift", tmp_path / "second.log", *argv)
+    try:
+        with httpx.Client(base_url=second.url, timeout=30) as client:
+            after = window_view(client.get("/drift/monitors/prompts/status").json())
+            assert after == before  # the same vectors, the same figures
+            assert_error(client.post("/drift/ingest", json={"monitor": "prompts", "events": [{"prompt": [0.0] * 4}]}),
+                         400, "events.0.prompt", "dimension_mismatch")  # the replay fixed the dimension again
+            result = ingest(client, "prompts", embedding_events(100, 0.6, 40))
+            assert result["severity"] == "critical" and result["alert"]["severity"] == "critical"
+    finally:
+        second.stop()
+
+
+def test_small_batches_are_evaluated_together_and_still_raise_their_alert(client: httpx.Client) -> None:
+    """Batches under a quarter of the window, arriving within 100 ms of the last
+    evaluation, are evaluated together: their answers say "evaluated": false,
+    and the alert comes from the evaluation that follows, with no request to
+    trigger it."""
+    made = create(client, features=[{"name": "x", "kind": "numeric"}],
+                  window={"kind": "fixed", "size": 400, "reference_size": 400})
+    assert ingest(client, made["id"], numeric_events(normal(400, seed=1)))["evaluated"] is True  # a whole window
+    drifted = numeric_events(normal(400, shift=2.0, seed=2))
+    answers = [ingest(client, made["id"], drifted[start:start + 20]) for start in range(0, 400, 20)]
+    assert any(answer["evaluated"] is False for answer in answers)
+    assert all(answer["alert"] is None for answer in answers if answer["evaluated"] is False)
+    # GET /drift/alerts evaluates nothing: what it lists, the deferred evaluation raised.
+    assert wait_until(lambda: len(alerts(client, made["id"])) == 1, 2)
+    assert alerts(client, made["id"])[0]["severity"] == "critical"
+    status = client.get(f"/drift/monitors/{made['id']}/status").json()
+    assert status["events_seen"] == 800 and status["severity"] == "critical"
