@@ -37,7 +37,7 @@ from orchestrator.auth import Authenticator, Principal
 from orchestrator.capture import CaptureStore, keyring_of
 from orchestrator.capture_api import build_capture_router
 from orchestrator.drift_api import build_drift_router
-from orchestrator.drift_feed import EMBED_TIMEOUT, DriftFeed, Embedder, FeedMetrics
+from orchestrator.drift_feed import DriftFeed, Embedder, FeedMetrics
 from orchestrator.endpoint import ROUTES, OpenAIEndpoint
 from orchestrator.files import SignedFiles, build_files_router, load_or_create_key
 from orchestrator.footprints import Footprints
@@ -371,9 +371,10 @@ async def close_drift(drift: Sibling | None, feed: DriftFeed | None, pump: async
     try:
         if feed is not None:
             feed.stop()
-            if pump is not None:
-                await asyncio.wait([pump], timeout=EMBED_TIMEOUT + 5)
-                pump.cancel()  # still in its round only when the drift service hangs; what it took is written
+            if pump is not None:  # its round ends after the batch it is sending (within SEND_TIMEOUT)
+                await asyncio.wait([pump], timeout=10.0)
+                pump.cancel()  # still sending to a drift service that hangs: resending later is harmless
+                await asyncio.wait([pump])  # what it took from memory is written before the database closes
             await feed.close_writer()
             if drift is not None and drift.url is not None:
                 try:

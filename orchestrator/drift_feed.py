@@ -17,7 +17,7 @@ the service is down, up to settings.drift.max_pending rows; beyond that the
 oldest are dropped, counted in modelyard_drift_feed_dropped_total and logged.
 What is lost on a kill -9 of the orchestrator itself: the events not yet
 written, those of its last POLL seconds (or, with prompt embeddings, of the
-embedding call under way: at most EMBED_TIMEOUT seconds).
+round's embedding calls: at most EMBED_TIMEOUT seconds in all).
 
 Prompts are never written to disk here: with settings.drift.prompt_embeddings
 their text waits in memory for the embedding model, and only the vector is
@@ -150,6 +150,7 @@ class DriftFeed:
         self._retry_at = 0.0
         self._failure_logged = False
         self._stopping = False
+        self._writes: set[asyncio.Future[None]] = set()
         self.metrics.pending.set(self._count())
 
     # ------------------------------------------------------------ the request path
@@ -175,7 +176,9 @@ class DriftFeed:
                 await asyncio.sleep(POLL)
 
     def stop(self) -> None:
+        """The round under way ends after its current batch, embedding no more prompts."""
         self._stopping = True
+        self.embed = None
 
     async def pump(self, deadline: float | None = None) -> int:
         """One round: write what waits, then send what is stored (until deadline,
@@ -185,6 +188,8 @@ class DriftFeed:
             return 0
         sent = 0
         while deadline is None or time.monotonic() < deadline:
+            if self._stopping and deadline is None:  # shutting down: close_drift sends the rest
+                break
             rows = await asyncio.to_thread(self._oldest, self.batch_size)
             if not rows:
                 break
@@ -213,25 +218,37 @@ class DriftFeed:
                 await self._add_embeddings(batch)
         finally:
             rows = [(ts, model, features) for ts, model, features, _ in batch]
-            await asyncio.shield(asyncio.to_thread(self._insert, rows))
+            write = asyncio.ensure_future(asyncio.to_thread(self._insert, rows))
+            self._writes.add(write)  # close() waits for it, even when this round was cancelled
+            write.add_done_callback(self._writes.discard)
+            await asyncio.shield(write)
 
     async def _add_embeddings(self, batch: list[Waiting]) -> None:
-        """prompt_embedding for the events with a prompt; an event whose
-        embedding failed goes on without it (its other features still count)."""
-        assert self.embed is not None
+        """prompt_embedding for the events with a prompt, within EMBED_TIMEOUT
+        for the whole round. After a failure, a timeout or stop(), the round's
+        other prompts go unembedded: the events go on without it (their other
+        features still count) rather than wait on a model that does not answer."""
         wanted = [(features, text) for _, _, features, text in batch if text]
+        deadline = time.monotonic() + EMBED_TIMEOUT
         for start in range(0, len(wanted), EMBED_BATCH):
             chunk = wanted[start:start + EMBED_BATCH]
+            embed, left = self.embed, deadline - time.monotonic()
+            if embed is None or left <= 0:
+                self._unembedded(len(wanted) - start, "stopping" if embed is None else "TimeoutError")
+                return
             try:
-                vectors = await asyncio.wait_for(self.embed([text for _, text in chunk]), EMBED_TIMEOUT)
+                vectors = await asyncio.wait_for(embed([text for _, text in chunk]), left)
             except Exception as exc:  # noqa: BLE001 - logged; the events are kept without embeddings
-                self.metrics.dropped.labels("embedding_failed").inc(len(chunk))
                 # The error's type only: an answer quoting the prompt must not reach the log.
-                log_event(log, "embedding prompts for drift failed", logging.WARNING, prompts=len(chunk),
-                          error=type(exc).__name__)
-                continue
+                self._unembedded(len(wanted) - start, type(exc).__name__)
+                return
             for (features, _), vector in zip(chunk, vectors, strict=True):
                 features["prompt_embedding"] = vector
+
+    def _unembedded(self, prompts: int, reason: str) -> None:
+        self.metrics.dropped.labels("embedding_failed").inc(prompts)
+        log_event(log, "embedding prompts for drift failed; their events go without", logging.WARNING,
+                  prompts=prompts, error=reason)
 
     async def _send(self, rows: list[dict[str, Any]], deadline: float | None) -> bool:
         try:
@@ -258,7 +275,7 @@ class DriftFeed:
             self._note_failure(f"{type(exc).__name__}: {exc}")
             return False
         if self._failure_logged:
-            log_event(log, "the drift feed is flowing again", pending=self._count())
+            log_event(log, "the drift feed is flowing again", pending=await asyncio.to_thread(self._count))
             self._failure_logged = False
         return True
 
@@ -316,6 +333,8 @@ class DriftFeed:
 
     async def close(self) -> None:
         await self.close_writer()
+        if self._writes:  # a cancelled round's rows, still being written
+            await asyncio.wait(list(self._writes))
         if self._session is not None:
             await self._session.close()
         with self._lock:

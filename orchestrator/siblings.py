@@ -107,11 +107,20 @@ class Sibling:
         process = self._process = ServiceProcess(self.name, spec)
         process.start()
         url = f"http://127.0.0.1:{port}"
-        try:
-            seconds = await process.wait_healthy(url + "/health", self.startup_timeout, session)
-        except StartupError:
-            await process.stop(self.shutdown_grace)
-            raise
+        began = time.monotonic()
+        while True:
+            try:
+                await process.wait_healthy(url + "/health", self.startup_timeout, session)
+                break
+            except StartupError:
+                # Answering 503 "loading" (replaying a large drift.db, say) is progress, not a hang:
+                # startup_timeout bounds the time to its first answer, not the whole load.
+                if process.returncode is None and await self._answers(url, session):
+                    log_event(log, f"{self.name} service still loading", seconds=round(time.monotonic() - began))
+                    continue
+                await process.stop(self.shutdown_grace)
+                raise
+        seconds = time.monotonic() - began
         self.url = url
         self.starting = False
         self.problem_code = f"{self.name}_unavailable"
@@ -124,6 +133,14 @@ class Sibling:
             self.problem = f"it stopped ({code}) and is being restarted"
             log_event(log, f"{self.name} service stopped", logging.ERROR, reason=code,
                       last_lines=process.last_lines(4))
+
+    @staticmethod
+    async def _answers(url: str, session: aiohttp.ClientSession) -> bool:
+        try:
+            async with session.get(url + "/health", timeout=PROBE_TIMEOUT) as answer:
+                return answer.status in (200, 503)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            return False
 
     async def _watch(self, process: ServiceProcess, url: str, session: aiohttp.ClientSession) -> str:
         """Until it exits, or stops answering its health probe (then it is stopped): why it ended."""

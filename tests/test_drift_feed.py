@@ -161,12 +161,16 @@ async def test_prompts_are_embedded_and_never_written(tmp_path: Path) -> None:
         feed.record("chat", features(1), prompt="a secret prompt")
         feed.record("chat", features(2), prompt=None)
         await feed.write_waiting()
-        assert b"secret" not in (tmp_path / "drift_feed.db").read_bytes()
+        stored = [orjson.loads(row["features"]) for row in feed._oldest(10)]
+        assert stored[0]["prompt_embedding"] == [15.0, 1.0] and "secret" not in orjson.dumps(stored).decode()
         await feed.pump()
         sent = [event["features"] for batch in receiver.batches for event in batch]
         assert seen == [["a secret prompt"]]
         assert sent[0]["prompt_embedding"] == [15.0, 1.0] and "prompt_embedding" not in sent[1]
-        await feed.close()
+        feed.record("chat", features(3), prompt="another secret prompt")
+        await feed.close()  # written unembedded at shutdown
+        files = list(tmp_path.glob("drift_feed.db*"))  # the database, its WAL and shared memory, if left
+        assert files and not any(b"secret" in path.read_bytes() for path in files)
     finally:
         await receiver.stop()
 

@@ -56,6 +56,7 @@ from models.drift.monitors import (  # noqa: E402
 )
 from models.drift.request_source import (  # noqa: E402
     TOKEN_HEADER,
+    RequestEvent,
     RequestFeed,
     check_feed_token,
     check_request_features,
@@ -94,6 +95,8 @@ class DriftService(BaseService):
         parser.add_argument("--keep-events", type=int, default=10_000,
                             help="events kept per monitor beyond what its windows need")
         parser.add_argument("--webhook-timeout", type=float, default=5.0, help="seconds per alert webhook POST")
+        parser.add_argument("--evaluate-every", type=float, default=EVALUATE_EVERY,
+                            help="seconds: small batches arriving faster are evaluated together (default 0.1)")
         parser.add_argument("--allow-private-webhooks", action="store_true",
                             help="let webhooks go to loopback, private and link-local addresses (default: refused)")
 
@@ -104,6 +107,8 @@ class DriftService(BaseService):
 
     def load(self) -> None:
         """Open drift.db and rebuild every monitor's windows from its latest events."""
+        if self.options.evaluate_every < 0:
+            raise ValueError("--evaluate-every must be >= 0")
         if self.options.keep_events < 0:
             raise ValueError("--keep-events must be >= 0")
         self.store = DriftStore(self.db_path())
@@ -115,7 +120,9 @@ class DriftService(BaseService):
             replayed += self._rebuild(monitor, int(row["events_seen"]))
             monitor.last_alert = self._last_alert(monitor.config.id)
             self.monitors[monitor.config.id] = monitor
-            self.alerts.set_monitor(monitor.config.name, monitor.config.model, monitor.evaluate().severity)
+            # Observed, not only graded: an alert a deferred evaluation owed when the service stopped
+            # is raised now (the restored last alert keeps it from repeating one already sent).
+            self.alerts.observe(monitor, monitor.evaluate())
             self._prune(monitor)
         for model in {m.config.model for m in self.monitors.values() if m.config.model}:
             self.alerts.set_model(model, self._model_severity(model))
@@ -231,9 +238,12 @@ class DriftService(BaseService):
 
     async def update_monitor(self, ref: str, body: MonitorPatch) -> dict[str, Any]:
         monitor = self._find(ref)
-        return await asyncio.to_thread(self._update, monitor, body)
+        async with monitor.turn:  # after an evaluation under way, not beside it
+            result, alert = await asyncio.to_thread(self._update, monitor, body)
+        self._send_webhook(monitor, alert)
+        return result
 
-    def _update(self, monitor: Monitor, body: MonitorPatch) -> dict[str, Any]:
+    def _update(self, monitor: Monitor, body: MonitorPatch) -> tuple[dict[str, Any], dict[str, Any] | None]:
         assert self.store is not None and self.alerts is not None
         given = body.model_fields_set
         with monitor.lock:
@@ -284,11 +294,15 @@ class DriftService(BaseService):
             else:
                 monitor.config = config
                 monitor.forget_verdicts()
-            self.alerts.set_monitor(config.name, config.model, monitor.evaluate().severity)
+            alert = None
+            if monitor.stale and not restart:  # batches not evaluated yet: their alert is due now
+                _, alert = self._judge(monitor)
+            else:
+                self.alerts.set_monitor(config.name, config.model, monitor.evaluate().severity)
             self._refresh_models({old.model, config.model})
             log_event(log, "drift monitor updated", monitor=config.name, monitor_id=config.id,
                       fields=sorted(given), restarted=restart)
-            return {**monitor.public(), "severity": self._severity(monitor), "restarted": restart}
+            return {**monitor.public(), "severity": self._severity(monitor), "restarted": restart}, alert
 
     async def delete_monitor(self, ref: str) -> dict[str, Any]:
         monitor = self._find(ref)
@@ -354,10 +368,8 @@ class DriftService(BaseService):
                       and not wanted.keys().isdisjoint(event.features)]
             if not chosen:
                 continue
-            # Only the features it watches; those a request lacks are left out (counted as missing).
-            values = [{name: event.features[name] for name in wanted if name in event.features} for event in chosen]
-            try:
-                await self._ingest_batch(monitor, values, chosen[-1].ts, (body.feed, [e.seq for e in chosen]))
+            try:  # every event: what the monitor takes is decided under its lock (_new_in_feed)
+                await self._ingest_batch(monitor, [], chosen[-1].ts, (body.feed, body.events))
                 fed += 1
             except ServiceError as error:  # deleted meanwhile: the others still get theirs
                 log_event(log, "request events not taken by a monitor", logging.WARNING, monitor=monitor.config.name,
@@ -366,7 +378,7 @@ class DriftService(BaseService):
                 "last_seq": max((event.seq for event in body.events), default=None)}
 
     async def _ingest_batch(self, monitor: Monitor, events: list[dict[str, Any]], ts: float,
-                            feed: tuple[str, list[int]] | None = None) -> dict[str, Any]:
+                            feed: tuple[str, list[RequestEvent]] | None = None) -> dict[str, Any]:
         # Batches for one monitor wait their turn here, holding no worker thread: many
         # concurrent ingests cannot take every thread from the other monitors and routes.
         async with monitor.turn:
@@ -380,7 +392,7 @@ class DriftService(BaseService):
     async def _evaluate_later(self, monitor: Monitor) -> None:
         """The evaluation the last small batches skipped, EVALUATE_EVERY after the previous one."""
         try:
-            await asyncio.sleep(max(0.0, monitor.evaluated_mono + EVALUATE_EVERY - time.monotonic()))
+            await asyncio.sleep(max(0.0, monitor.evaluated_mono + self.options.evaluate_every - time.monotonic()))
             async with monitor.turn:
                 monitor.evaluation_pending = False  # a batch arriving from now on schedules the next one
                 if not monitor.stale or monitor.deleted:
@@ -417,9 +429,9 @@ class DriftService(BaseService):
         task.add_done_callback(self._tasks.discard)
 
     def _ingest(self, monitor: Monitor, raw: list[dict[str, Any]], ts: float,
-                feed: tuple[str, list[int]] | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+                feed: tuple[str, list[RequestEvent]] | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """Validate, commit, feed, evaluate, alert: one batch, under the monitor's lock.
-        feed: the request feed's id and each event's seq; those counted already are skipped."""
+        feed: the request feed's id and events (raw is then empty); those counted already are skipped."""
         assert self.store is not None and self.alerts is not None
         with monitor.lock:
             if monitor.deleted:
@@ -443,7 +455,7 @@ class DriftService(BaseService):
                 self.store.set_reference(monitor.config.id, frozen)
             alert = None
             if (len(events) >= IMMEDIATE_SHARE * monitor.config.window["size"] or monitor.evaluation is None
-                    or time.monotonic() - monitor.evaluated_mono >= EVALUATE_EVERY):
+                    or time.monotonic() - monitor.evaluated_mono >= self.options.evaluate_every):
                 evaluation, alert = self._judge(monitor)
             else:  # evaluated with the next batches, or EVALUATE_EVERY after the last evaluation
                 monitor.stale = True
@@ -461,15 +473,20 @@ class DriftService(BaseService):
                 "evaluation_seconds": evaluation.seconds, "alert": alert}, alert
 
     @staticmethod
-    def _new_in_feed(monitor: Monitor, raw: list[dict[str, Any]], feed: tuple[str, list[int]]
+    def _new_in_feed(monitor: Monitor, raw: list[dict[str, Any]], feed: tuple[str, list[RequestEvent]]
                      ) -> tuple[list[dict[str, Any]], tuple[str, int]]:
-        """The events this monitor has not committed yet (under its lock), and
-        the (feed id, seq) it will have committed through. A feed it has not seen
-        (a new drift_feed.db) counts from the start."""
-        feed_id, seqs = feed
+        """Under the monitor's lock, with its configuration of now (a PATCH may
+        have changed its model or features): the values of the feed's events it
+        has not committed yet, of its model and with one of its features, and the
+        (feed id, seq) it will have committed through. A feed it has not seen (a
+        new drift_feed.db) counts from the start. Features a request lacks are
+        left out of its values (counted as missing)."""
+        feed_id, events = feed
         since = monitor.config.feed_seq if monitor.config.feed_id in (None, feed_id) else 0
-        fresh = [event for event, seq in zip(raw, seqs, strict=True) if seq > since]
-        return fresh, (feed_id, max(max(seqs), since))
+        wanted, model = monitor.config.kinds, monitor.config.model
+        fresh = [{name: event.features[name] for name in wanted if name in event.features} for event in events
+                 if event.seq > since and (model is None or event.model == model)]
+        return [values for values in fresh if values], (feed_id, max(max(e.seq for e in events), since))
 
     @staticmethod
     def _checked(monitor: Monitor, raw: list[dict[str, Any]], from_feed: bool

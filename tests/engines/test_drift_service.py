@@ -526,20 +526,28 @@ def test_embedding_windows_survive_kill_9(tmp_path: Path) -> None:
         second.stop()
 
 
-def test_small_batches_are_evaluated_together_and_still_raise_their_alert(client: httpx.Client) -> None:
-    """Batches under a quarter of the window, arriving within 100 ms of the last
-    evaluation, are evaluated together: their answers say "evaluated": false,
-    and the alert comes from the evaluation that follows, with no request to
-    trigger it."""
-    made = create(client, features=[{"name": "x", "kind": "numeric"}],
-                  window={"kind": "fixed", "size": 400, "reference_size": 400})
-    assert ingest(client, made["id"], numeric_events(normal(400, seed=1)))["evaluated"] is True  # a whole window
-    drifted = numeric_events(normal(400, shift=2.0, seed=2))
-    answers = [ingest(client, made["id"], drifted[start:start + 20]) for start in range(0, 400, 20)]
-    assert any(answer["evaluated"] is False for answer in answers)
-    assert all(answer["alert"] is None for answer in answers if answer["evaluated"] is False)
-    # GET /drift/alerts evaluates nothing: what it lists, the deferred evaluation raised.
-    assert wait_until(lambda: len(alerts(client, made["id"])) == 1, 2)
-    assert alerts(client, made["id"])[0]["severity"] == "critical"
-    status = client.get(f"/drift/monitors/{made['id']}/status").json()
-    assert status["events_seen"] == 800 and status["severity"] == "critical"
+def test_small_batches_are_evaluated_together_and_still_raise_their_alert(tmp_path: Path) -> None:
+    """Batches under a quarter of the window, arriving within --evaluate-every
+    of the last evaluation, are evaluated together: their answers say
+    "evaluated": false and carry no alert; the alert comes from the evaluation
+    that follows, with no request to trigger it, or from a PATCH meanwhile."""
+    service = start_engine("drift", tmp_path / "drift.log", "--state-dir", str(tmp_path), "--evaluate-every", "3")
+    try:
+        with httpx.Client(base_url=service.url, timeout=30) as client:
+            later, patched = (create(client, features=[{"name": "x", "kind": "numeric"}],
+                                     window={"kind": "fixed", "size": 400, "reference_size": 400}) for _ in range(2))
+            drifted = numeric_events(normal(400, shift=2.0, seed=2))
+            for made in (later, patched):
+                assert ingest(client, made["id"], numeric_events(normal(400, seed=1)))["evaluated"] is True
+                answers = [ingest(client, made["id"], drifted[start:start + 20]) for start in range(0, 400, 20)]
+                assert [answer["evaluated"] for answer in answers] == [False] * 20
+                assert all(answer["alert"] is None and answer["severity"] == "none" for answer in answers)
+            assert client.patch(f"/drift/monitors/{patched['id']}", json={"cooldown_seconds": 60}).status_code == 200
+            assert [alert["severity"] for alert in alerts(client, patched["id"])] == ["critical"]  # at once
+            # GET /drift/alerts evaluates nothing: what it lists, the deferred evaluation raised.
+            assert alerts(client, later["id"]) == []
+            assert wait_until(lambda: len(alerts(client, later["id"])) == 1, 10)
+            status = client.get(f"/drift/monitors/{later['id']}/status").json()
+            assert status["events_seen"] == 800 and status["severity"] == "critical"
+    finally:
+        service.stop()
