@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import ipaddress
 import logging
 import os
 import signal
@@ -25,9 +24,8 @@ from core.instance import InstanceLocked, acquire_lock, instance_id
 from core.logs import configure_logging, log_event
 from core.process import reap_orphans
 from orchestrator.app import create_app
-from orchestrator.capture import keyring_of
-from orchestrator.jwt_auth import JwtVerifier
 from orchestrator.scheduler import Scheduler
+from orchestrator.startup_checks import startup_problems
 
 log = logging.getLogger("modelyard.orchestrator")
 DEFAULT_CONFIG = ROOT_DIR / "configs" / "models.yaml"
@@ -42,26 +40,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--state-dir", help="state directory (env MODELYARD_STATE_DIR; default: state/ in the checkout)")
     parser.add_argument("--check", action="store_true", help="validate the config and exit")
     return parser.parse_args(argv)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
-
-
-def insecure_bind(host: str, auth: bool, insecure_public: bool) -> str | None:
-    """Why listening on host is refused, or None. With auth off, anyone who
-    reaches the port may run and manage every model: loopback only, unless
-    the configuration says so explicitly."""
-    if auth or insecure_public or is_loopback(host):
-        return None
-    return (f"refusing to listen on {host} with auth off: anyone who reaches it could run and manage every "
-            "model. Turn on settings.auth.enabled (and create a key: python -m orchestrator.keys_cli create "
-            "--name NAME --role admin), or set settings.auth.insecure_public: true to accept that.")
 
 
 def banner(host: str, port: int, config_path: str, state: Path, models: list[str]) -> str:
@@ -148,28 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = config.settings
     host = args.host or settings.host
     port = args.port or settings.port
-    refusal = insecure_bind(host, settings.auth.enabled, settings.auth.insecure_public)
-    if refusal:
-        print(f"modelyard: {refusal}", file=sys.stderr)
+    problems = startup_problems(config, host)
+    if problems:
+        for problem in problems:
+            print(f"modelyard: {problem}", file=sys.stderr)
         return 2
-    if settings.auth.enabled and settings.auth.jwt is not None:
-        try:
-            JwtVerifier(settings.auth.jwt)  # its secret or JWKS must be there before we serve
-        except ValueError as err:
-            print(f"modelyard: {err}", file=sys.stderr)
-            return 2
-    if settings.tracing.enabled:
-        try:
-            settings.tracing.resolved_headers()  # a header's ${VAR} must be set before we serve
-        except ValueError as err:
-            print(f"modelyard: {err}", file=sys.stderr)
-            return 2
-    if settings.capture.enabled:
-        try:
-            keyring_of(settings.capture)  # its master key must be there before we serve
-        except ValueError as err:
-            print(f"modelyard: settings.capture: {err}", file=sys.stderr)
-            return 2
     if args.check:
         print(f"{args.config}: ok ({len(config.models)} models)")
         return 0

@@ -75,11 +75,8 @@ def limits_of(args: argparse.Namespace) -> KeyLimits:
                      quota_period=periods.pop() if periods else None)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.keys_cli", description="Manage modelyard API keys.")
-    add_state_arguments(parser)
-    commands = parser.add_subparsers(dest="command", required=True)
-    create = commands.add_parser("create", help="make a key (printed once)")
+def add_create_options(create: argparse.ArgumentParser) -> None:
+    """A key's settings, as `keys_cli create` and `modelyard keys create` take them."""
     create.add_argument("--name", required=True)
     create.add_argument("--role", choices=ROLES, default="member")
     create.add_argument("--scope", action="append", choices=SCOPES, default=[], help="extra scope (repeatable)")
@@ -91,6 +88,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     create.add_argument("--quota", type=quota_of, help="requests per UTC day or month, e.g. 1000/day (default: none)")
     create.add_argument("--token-quota", type=quota_of,
                         help="tokens per UTC day or month, e.g. 500000/day (default: none)")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.keys_cli", description="Manage modelyard API keys.")
+    add_state_arguments(parser)
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_create_options(commands.add_parser("create", help="make a key (printed once)"))
     commands.add_parser("list", help="every key, without secrets")
     revoke = commands.add_parser("revoke", help="end a key now")
     revoke.add_argument("id")
