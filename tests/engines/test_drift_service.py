@@ -531,7 +531,8 @@ def test_small_batches_are_evaluated_together_and_still_raise_their_alert(tmp_pa
     of the last evaluation, are evaluated together: their answers say
     "evaluated": false and carry no alert; the alert comes from the evaluation
     that follows, with no request to trigger it, or from a PATCH meanwhile."""
-    service = start_engine("drift", tmp_path / "drift.log", "--state-dir", str(tmp_path), "--evaluate-every", "3")
+    # 10 s: wide enough that a loaded CI machine still sends all 20 small batches within it
+    service = start_engine("drift", tmp_path / "drift.log", "--state-dir", str(tmp_path), "--evaluate-every", "10")
     try:
         with httpx.Client(base_url=service.url, timeout=30) as client:
             later, patched = (create(client, features=[{"name": "x", "kind": "numeric"}],
@@ -546,7 +547,7 @@ def test_small_batches_are_evaluated_together_and_still_raise_their_alert(tmp_pa
             assert [alert["severity"] for alert in alerts(client, patched["id"])] == ["critical"]  # at once
             # GET /drift/alerts evaluates nothing: what it lists, the deferred evaluation raised.
             assert alerts(client, later["id"]) == []
-            assert wait_until(lambda: len(alerts(client, later["id"])) == 1, 10)
+            assert wait_until(lambda: len(alerts(client, later["id"])) == 1, 20)
             status = client.get(f"/drift/monitors/{later['id']}/status").json()
             assert status["events_seen"] == 800 and status["severity"] == "critical"
     finally:
