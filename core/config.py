@@ -380,6 +380,18 @@ class TracingSettings(_Strict):
         return headers
 
 
+class SimulatorSettings(_Strict):
+    """`settings.simulator`: the performance simulator (models/simulator/), a
+    sibling service the orchestrator starts, restarts and routes /simulator/*
+    to: predictions and configuration search for the LLMs here, and the
+    benchmark job that measures them through this orchestrator."""
+
+    enabled: bool = Field(False, description="Run the simulator (needs ./scripts/install.sh --engine simulator) "
+                          "and serve its API under /simulator/.")
+    startup_timeout: float = Field(120.0, gt=0, description="Seconds the simulator may take to become healthy "
+                                   "(its first start measures this host's CPU and trains the regressor).")
+
+
 class DriftSettings(_Strict):
     """`settings.drift`: the drift monitor (models/drift/), a sibling service the
     orchestrator starts, restarts and routes /drift/* to, and the feed of every
@@ -492,6 +504,7 @@ class Settings(_Strict):
     capture: CaptureSettings = Field(default_factory=CaptureSettings)  # type: ignore[arg-type]
     tracing: TracingSettings = Field(default_factory=TracingSettings)  # type: ignore[arg-type]
     drift: DriftSettings = Field(default_factory=DriftSettings)  # type: ignore[arg-type]
+    simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)  # type: ignore[arg-type]
     currency: str = Field("USD", min_length=1, max_length=12, description="What models' prices are in "
                           "(a label for usage reports).")
 

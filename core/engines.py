@@ -203,11 +203,15 @@ def service_log_path(config: Config, model_id: str) -> Path:
 # The secret the orchestrator gives the drift service, which it then requires on
 # the request feed (models/drift/request_source.py reads the same name).
 FEED_TOKEN_ENV = "MODELYARD_DRIFT_FEED_TOKEN"
+# Where the simulator's benchmark job reaches the orchestrator, and the per-start
+# credential it sends there (models/simulator/server.py reads the same names).
+ORCHESTRATOR_URL_ENV = "MODELYARD_ORCHESTRATOR_URL"
+SIMULATOR_TOKEN_ENV = "MODELYARD_SIMULATOR_TOKEN"
 
 
 def sibling_launch_spec(name: str, port: int, config: Config, instance: str,
                         extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> LaunchSpec:
-    """The command line of a sibling service (models/<name>/server.py: drift):
+    """The command line of a sibling service (models/<name>/server.py: drift, simulator):
     its engine's interpreter, the state directory, no GPU. Raises
     ServiceError(503) naming the install command when its environment is missing."""
     python = engine_python(name, config.envs_path())

@@ -35,6 +35,8 @@ SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
 QUANT_BYTES = {"awq": 0.525, "gptq": 0.525, "int4": 0.525, "bitsandbytes": 0.525, "int8": 1.0, "fp8": 1.0}
 DEFAULT_CONTEXT = 4096  # services rarely run at the model's full window; callers pass the real one
 MAX_HEADER = 100 * 1024 * 1024  # a safetensors header bigger than this is garbage, not metadata
+# model_types whose transformers config ties the lm_head to the embeddings when config.json is silent
+TIED_BY_DEFAULT = frozenset(("gemma", "gemma2", "gemma3", "gemma3_text"))
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,8 @@ def estimate_memory(
     if sequences < 1 or (context_tokens is not None and context_tokens < 1):
         raise ValueError("context_tokens and sequences must be at least 1")
     model_dir = Path(model_dir)
-    config = _read_config(model_dir / "config.json")
-    if config is None or (shape := _shape(config)) is None:
+    config = read_config(model_dir / "config.json")
+    if config is None or (shape := model_shape(config)) is None:
         return None
 
     config_dtype = DTYPES.get(str(config.get("torch_dtype") or config.get("dtype") or ""))
@@ -97,7 +99,7 @@ def estimate_memory(
     )
 
 
-def _read_config(path: Path) -> dict[str, Any] | None:
+def read_config(path: Path) -> dict[str, Any] | None:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
@@ -110,7 +112,7 @@ def _read_config(path: Path) -> dict[str, Any] | None:
     return config
 
 
-def _shape(config: dict[str, Any]) -> dict[str, int] | None:
+def model_shape(config: dict[str, Any]) -> dict[str, int] | None:
     """The numbers the formulas need, or None when the required ones are absent or not positive ints."""
 
     def number(key: str, default: int | None = None) -> int | None:
@@ -131,7 +133,8 @@ def _shape(config: dict[str, Any]) -> dict[str, int] | None:
         "vocab": number("vocab_size") or 0,
         # Mixture-of-experts models: every expert's MLP is resident.
         "intermediate": number("moe_intermediate_size") or number("intermediate_size") or 4 * hidden,
-        "experts": number("num_local_experts") or number("num_experts") or 1,
+        "experts": (experts := number("num_local_experts") or number("num_experts") or 1),
+        "experts_per_token": min(number("num_experts_per_tok") or experts, experts),
         "max_positions": number("max_position_embeddings") or 0,
     }
 
@@ -181,19 +184,30 @@ def _weights_from_config(
     config: dict[str, Any], shape: dict[str, int], dtype: str, quantization: str | None
 ) -> tuple[float, str]:
     """Llama-style parameter count times bytes per parameter."""
-    hidden, q_dim, kv_dim = shape["hidden"], shape["heads"] * shape["head_dim"], shape["kv_heads"] * shape["head_dim"]
-    attention = 2 * hidden * q_dim + 2 * hidden * kv_dim  # q and o, k and v projections
-    mlp = shape["experts"] * 3 * hidden * shape["intermediate"]  # gate, up, down (per expert)
-    # Llama's default is an untied lm_head: counting it when unsaid errs on the safe side.
-    embeddings = shape["vocab"] * hidden * (1 if config.get("tie_word_embeddings") else 2)
-    params = embeddings + shape["layers"] * (attention + mlp + 2 * hidden) + hidden  # + RMSNorm weights
-
-    method = quantization or _config_quantization(config.get("quantization_config"))
+    params = parameter_count(config, shape)
+    method = quantization or config_quantization(config.get("quantization_config"))
     per_param = QUANT_BYTES[method] if method else DTYPE_BYTES[dtype]
     return params * per_param, f"{params / 1e9:.3g}B params from config.json, {method or dtype}"
 
 
-def _config_quantization(qc: Any) -> str | None:
+def parameter_count(config: dict[str, Any], shape: dict[str, int], *, active: bool = False) -> int:
+    """Llama-style parameter count (Mistral, Qwen, Mixtral and the like share the
+    shape). active=True counts only the experts a token goes through (MoE)."""
+    hidden, q_dim, kv_dim = shape["hidden"], shape["heads"] * shape["head_dim"], shape["kv_heads"] * shape["head_dim"]
+    attention = 2 * hidden * q_dim + 2 * hidden * kv_dim  # q and o, k and v projections
+    experts = shape["experts_per_token"] if active else shape["experts"]
+    mlp = experts * 3 * hidden * shape["intermediate"]  # gate, up, down (per expert)
+    router = hidden * shape["experts"] if shape["experts"] > 1 else 0
+    # Unsaid, tie_word_embeddings takes its transformers default: tied for Gemma, untied for
+    # Llama and most others (counting the lm_head when unsure errs on the safe side).
+    tied = config.get("tie_word_embeddings")
+    if tied is None:
+        tied = config.get("model_type") in TIED_BY_DEFAULT
+    embeddings = shape["vocab"] * hidden * (1 if tied else 2)
+    return embeddings + shape["layers"] * (attention + mlp + router + 2 * hidden) + hidden  # + RMSNorm weights
+
+
+def config_quantization(qc: Any) -> str | None:
     """A QUANT_BYTES key for config.json's quantization_config, or None for none / unknown."""
     if not isinstance(qc, dict):
         return None

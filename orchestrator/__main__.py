@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         log_event(log, f"GPUs ({inventory.source}): {names}")
     else:
         log_event(log, f"no GPU: {inventory.reason}; models run on the CPU with host memory")
-    app = create_app(config, instance, inventory, args.config)
+    app = create_app(config, instance, inventory, args.config, listen=(host, port))
     # Everything built so far lives as long as the process: keep it out of the
     # collector's full passes, which otherwise cost 30-50 ms pauses (bench p99).
     gc.collect()

@@ -15,6 +15,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.responses import JSONResponse, Response
 
 from core.config import Config, ConfigError, load_config
-from core.engines import FEED_TOKEN_ENV, launch_spec, sibling_launch_spec
+from core.engines import FEED_TOKEN_ENV, ORCHESTRATOR_URL_ENV, SIMULATOR_TOKEN_ENV, launch_spec, sibling_launch_spec
 from core.errors import ServiceError
 from core.gpu import Inventory
 from core.http_errors import install_error_handlers
@@ -52,6 +53,7 @@ from orchestrator.registry import Registry
 from orchestrator.request_log import RequestLog
 from orchestrator.scheduler import Scheduler
 from orchestrator.siblings import Sibling
+from orchestrator.simulator_api import build_simulator_router, orchestrator_url, simulator_principal
 from orchestrator.tracing import Tracing
 from orchestrator.usage_api import build_usage_router
 
@@ -60,7 +62,7 @@ log = logging.getLogger("modelyard.orchestrator")
 
 # Settings that only a restart can change: reload keeps their old values.
 RESTART_SETTINGS = ("host", "port", "gpus", "upstream_timeout", "log_level", "auth", "cors_origins",
-                    "idempotency_ttl", "tracing", "drift")
+                    "idempotency_ttl", "tracing", "drift", "simulator")
 # settings.capture: its keys and limits apply on reload (key rotation needs no restart); turning it on or off does not.
 
 
@@ -69,7 +71,9 @@ def create_app(
     instance: str,
     inventory: Inventory | None = None,
     config_path: str | os.PathLike[str] | None = None,
+    listen: tuple[str, int] | None = None,
 ) -> OpenAIEndpoint:
+    """listen: the host and port served (the command line's, when it overrides settings)."""
     adapters = Adapters(config, config.state_path() / "adapters.db")
     files = SignedFiles(
         config.state_path() / "files", load_or_create_key(config.state_path() / "files.key"), config.settings.file_ttl
@@ -98,6 +102,8 @@ def create_app(
     tracing = Tracing(config.settings.tracing)
     proxy = Proxy(config.settings.upstream_timeout, tracing)
     drift, feed = drift_monitor(config, instance, registry, scheduler, proxy, metrics_registry)
+    simulator, simulator_token = simulator_service(config, instance, scheduler, config_path,
+                                                   listen or (config.settings.host, config.settings.port))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -109,6 +115,8 @@ def create_app(
         pruner = asyncio.create_task(prune_captures_forever(captures, scheduler)) if captures else None
         if drift is not None:
             drift.start()
+        if simulator is not None:
+            simulator.start()
         pump = asyncio.create_task(feed.pump_forever()) if feed is not None else None
         app.state.ready = True
         yield
@@ -121,7 +129,10 @@ def create_app(
         try:
             await scheduler.shutdown()  # the feed's pump goes on meanwhile: the last requests' events
         finally:
-            await close_drift(drift, feed, pump, app)
+            await close_drift(drift, feed, pump)
+            if simulator is not None:
+                await simulator.stop()
+            await close_sessions(app)
             await close_all(proxy, adapters, quotas, footprints, keys, idempotency, ledger, audit, captures, tracing)
 
     app = FastAPI(title="modelyard", version="0.1.0", lifespan=lifespan)
@@ -134,6 +145,9 @@ def create_app(
     app.state.audit = audit
     app.state.captures = captures
     app.state.drift = drift
+    app.state.simulator = simulator
+    app.state.sibling_sessions = {}
+    app.state.registry = registry
     app.state.ready = False
     install_error_handlers(app, "orchestrator")
     app.include_router(build_admin_router())
@@ -143,6 +157,7 @@ def create_app(
     app.include_router(build_audit_router())
     app.include_router(build_capture_router())
     app.include_router(build_drift_router())
+    app.include_router(build_simulator_router())
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
@@ -239,7 +254,8 @@ def create_app(
         endpoint.add_cors(config.settings.cors_origins)
     if config.settings.auth.enabled:
         jwt_settings = config.settings.auth.jwt
-        endpoint.auth = Authenticator(keys, JwtVerifier(jwt_settings).verify if jwt_settings else None)
+        internal = {simulator_token: simulator_principal()} if simulator_token else None
+        endpoint.auth = Authenticator(keys, JwtVerifier(jwt_settings).verify if jwt_settings else None, internal)
     reloading = asyncio.Lock()
 
     async def reload(drain: float = 30.0) -> dict[str, Any]:
@@ -363,8 +379,7 @@ def prompt_embedder(model_id: str, registry: Registry, scheduler: Scheduler, pro
     return embed
 
 
-async def close_drift(drift: Sibling | None, feed: DriftFeed | None, pump: asyncio.Task[None] | None,
-                      app: FastAPI) -> None:
+async def close_drift(drift: Sibling | None, feed: DriftFeed | None, pump: asyncio.Task[None] | None) -> None:
     """At shutdown, after the last requests: the feed's round under way ends
     (never cut: its rows would be half sent), the events left are written and
     sent if the drift service takes them within seconds, then it stops."""
@@ -386,11 +401,35 @@ async def close_drift(drift: Sibling | None, feed: DriftFeed | None, pump: async
                           events=feed.pending())
             await feed.close()
     finally:
-        session = getattr(app.state, "drift_session", None)
-        if session is not None:
-            await session.close()
         if drift is not None:
             await drift.stop()
+
+
+async def close_sessions(app: FastAPI) -> None:
+    """The connection pools to the sibling services (orchestrator/sibling_api.py)."""
+    for session in app.state.sibling_sessions.values():
+        await session.close()
+
+
+def simulator_service(config: Config, instance: str, scheduler: Scheduler,
+                      config_path: str | os.PathLike[str] | None,
+                      listen: tuple[str, int]) -> tuple[Sibling | None, str | None]:
+    """The simulator (settings.simulator.enabled), and the secret its benchmark job
+    sends to this orchestrator (auth.Authenticator's internal principal)."""
+    settings = config.settings.simulator
+    if not settings.enabled:
+        return None, None
+    token = secrets.token_urlsafe(32)
+    # The sibling runs from the checkout: a path relative to where the orchestrator was started means nothing there.
+    extra = ("--config", str(Path(config_path).resolve())) if config_path is not None else ()
+    env = {ORCHESTRATOR_URL_ENV: orchestrator_url(*listen),
+           SIMULATOR_TOKEN_ENV: token}
+    sibling = Sibling("simulator", lambda port: sibling_launch_spec("simulator", port, scheduler.config, instance,
+                                                                    extra_args=extra, env=env),
+                      settings.startup_timeout, config.settings.shutdown_grace)
+    return sibling, token
+
+
 
 
 def open_captures(config: Config) -> CaptureStore | None:

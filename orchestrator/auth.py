@@ -18,6 +18,7 @@ settings.auth.insecure_public says otherwise (orchestrator/__main__.py).
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -26,7 +27,10 @@ from orchestrator.keys import ApiKey, KeyRejected, KeyStore
 from orchestrator.limits import QuotaSpec
 
 SCOPES = ("models:read", "inference", "metrics:read", "admin:read", "admin:models", "admin:keys", "audit:read",
-          "captures:read", "drift:read", "drift:write")
+          "captures:read", "drift:read", "drift:write", "simulator:read", "simulator:write", "services:read")
+# A scope a wider one includes: admin:read covers the service list (services:read
+# alone is what the simulator's benchmark job gets, to see where a model runs).
+IMPLIED_BY = {"services:read": "admin:read"}
 ROLE_SCOPES: dict[str, frozenset[str]] = {
     "viewer": frozenset({"models:read"}),
     "member": frozenset({"models:read", "inference"}),
@@ -60,7 +64,7 @@ class Principal:
                    tpm=key.tpm, quota=quota, quota_id=key.lineage)
 
     def require(self, scope: str) -> None:
-        if scope not in self.scopes:
+        if scope not in self.scopes and IMPLIED_BY.get(scope) not in self.scopes:
             raise ServiceError(403, f"the credential {self.key_id} ({self.role}) lacks the scope '{scope}' this "
                                "route needs", code="insufficient_scope")
 
@@ -90,12 +94,17 @@ def required_scope(method: str, path: str) -> str | None:
         return "audit:read"
     if path == "/admin/captures" or path.startswith("/admin/captures/"):
         return "captures:read"  # prompts and answers: admins only, or a key given this scope
+    if method in ("GET", "HEAD") and (path == "/admin/services" or (
+            path.startswith("/admin/services/") and not path.endswith("/logs"))):
+        return "services:read"  # the service list and one service's state: not its logs
     if path.startswith("/admin/"):
         return "admin:read" if method in ("GET", "HEAD") else "admin:models"
     if path == "/metrics":
         return "metrics:read"
     if path == "/drift" or path.startswith("/drift/"):  # the drift monitor's API (orchestrator/drift_api.py)
         return "drift:read" if method in ("GET", "HEAD") else "drift:write"
+    if path == "/simulator" or path.startswith("/simulator/"):  # the simulator (orchestrator/simulator_api.py)
+        return "simulator:read" if method in ("GET", "HEAD") else "simulator:write"
     if path == "/v1/models":
         return "models:read"
     if path.startswith("/v1/"):
@@ -121,9 +130,12 @@ class Authenticator:
     jwt: with settings.auth.jwt, what turns a JWT (three dot-separated parts)
     into a principal, raising KeyRejected (orchestrator/jwt_auth.py)."""
 
-    def __init__(self, keys: KeyStore, jwt: Callable[[str], Principal] | None = None) -> None:
+    def __init__(self, keys: KeyStore, jwt: Callable[[str], Principal] | None = None,
+                 internal: dict[str, Principal] | None = None) -> None:
         self.keys = keys
         self.jwt = jwt
+        # Per-start secrets of sibling services (the simulator's benchmark job) and who they are.
+        self.internal = dict(internal or {})
 
     def authenticate(self, headers: Iterable[tuple[bytes, bytes]]) -> Principal:
         """The principal behind a request's headers; 401 when there is none."""
@@ -131,6 +143,9 @@ class Authenticator:
         if not presented:
             raise ServiceError(401, "an API key is required: send 'Authorization: Bearer <key>' or 'x-api-key'",
                                code="missing_api_key")
+        for secret, principal in self.internal.items():
+            if hmac.compare_digest(presented.encode(), secret.encode()):
+                return principal
         try:
             if self.jwt is not None and presented.count(".") == 2:
                 return self.jwt(presented)

@@ -4,6 +4,7 @@ orchestrator's admin API (docs/CLI.md).
     modelyard status | models | load ID | unload ID [--drain S] | logs ID [-n N] [-f]
     modelyard keys create --name N ... | keys list | keys revoke ID | keys rotate ID [--grace D]
     modelyard drift status [MONITOR | --model M]
+    modelyard simulate MODEL --input-tokens N --output-tokens N [--concurrency N] [--device NAME[:COUNT]] ...
     modelyard bench [SUITE] [ARGS...]          (scripts/bench.sh)
     modelyard config check [FILE]              (offline)
 
@@ -48,6 +49,7 @@ HINTS = {
     "insufficient_scope": "this needs a key with the admin role (or the scope named above)",
     "drift_disabled": "drift is read at start: restart the orchestrator after turning it on (a reload keeps it "
                       "as it was)",
+    "simulator_disabled": "the simulator is read at start: restart the orchestrator after turning it on",
 }
 
 
@@ -91,7 +93,18 @@ def grace_duration(text: str) -> float:
     return seconds
 
 
+def device_choice(text: str) -> dict[str, Any]:
+    """NAME or NAME:COUNT (a catalog entry or host-cpu; GET /simulator/hardware lists them)."""
+    name, _, count = text.rpartition(":") if ":" in text else (text, "", "1")
+    if not name or not count.isdigit() or not 1 <= int(count) <= 1024:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a device as NAME or NAME:COUNT, e.g. H100-SXM:8")
+    return {"name": name, "count": int(count)}
+
+
 line_count = ranged(int, 1, MAX_WINDOW, "100")
+token_count = ranged(int, 1, 1_000_000, "512")
+user_count = ranged(int, 1, 100_000, "8")
+target_value = ranged(float, 1e-9, 1e12, "2000")
 drain_seconds = ranged(float, 0, 3600, "30")
 poll_seconds = ranged(float, 0.05, 60, "1")
 
@@ -156,6 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
     which = drift_status.add_mutually_exclusive_group()
     which.add_argument("monitor", nargs="?", help="one monitor (id or name): its per-feature status")
     which.add_argument("--model", help="the worst severity over the monitors of this model")
+    simulate = command("simulate", "predict a model's deployments and the best configurations (the simulator)")
+    simulate.add_argument("model", metavar="MODEL", help="a text model of models.yaml")
+    simulate.add_argument("--input-tokens", type=token_count, required=True, metavar="N")
+    simulate.add_argument("--output-tokens", type=token_count, required=True, metavar="N")
+    simulate.add_argument("--concurrency", type=user_count, default=1, metavar="N", help="users at once (default 1)")
+    simulate.add_argument("--ttft-ms", type=target_value, metavar="MS", help="target time to first token")
+    simulate.add_argument("--tokens-per-s", type=target_value, metavar="R", help="target per-user throughput")
+    simulate.add_argument("--latency-s", type=target_value, metavar="S", help="target end-to-end latency")
+    simulate.add_argument("--device", type=device_choice, action="append", metavar="NAME[:COUNT]",
+                          help="a device to consider, repeatable (default: this host's)")
+    simulate.add_argument("--method", choices=["regressor", "heuristic"], default="regressor")
+    simulate.add_argument("--top", type=ranged(int, 1, 50, "5"), default=5, metavar="N",
+                          help="configurations shown (default 5)")
     # Everything after `bench` is the benchmark's own (scripts/bench.sh --help), --help included.
     commands.add_parser("bench", add_help=False, help="run scripts/bench.sh [SUITE] [ARGS...]")
     config = command("config", "models.yaml")
@@ -378,6 +404,19 @@ def drift_status(args: argparse.Namespace, client: AdminClient) -> int:
     return 0
 
 
+def simulate(args: argparse.Namespace, client: AdminClient) -> int:
+    body: dict[str, Any] = {"model": args.model, "input_tokens": args.input_tokens,
+                            "output_tokens": args.output_tokens, "concurrency": args.concurrency,
+                            "method": args.method, "top_k": args.top}
+    for field, value in (("target_ttft_ms", args.ttft_ms), ("target_throughput_per_user", args.tokens_per_s),
+                         ("target_e2e_latency_s", args.latency_s), ("devices", args.device)):
+        if value is not None:
+            body[field] = value
+    answer = client.request("POST", "/simulator/run", body=body, wait=True)  # a search takes seconds
+    emit(args, answer, lambda: fmt.render_simulation(answer))
+    return 0
+
+
 REMOTE: dict[tuple[str, str | None], Callable[[argparse.Namespace, AdminClient], int]] = {
     ("status", None): status,
     ("models", None): models,
@@ -389,6 +428,7 @@ REMOTE: dict[tuple[str, str | None], Callable[[argparse.Namespace, AdminClient],
     ("keys", "revoke"): keys_revoke,
     ("keys", "rotate"): keys_rotate,
     ("drift", "status"): drift_status,
+    ("simulate", None): simulate,
 }
 
 

@@ -256,3 +256,31 @@ def render_model_drift(status: dict[str, Any]) -> str:
     rows = [[m["name"], m["id"], m.get("severity", NONE), m.get("events_seen", 0)] for m in status.get("monitors", [])]
     head = f"model {status.get('model')}: severity {status.get('severity')}"
     return head + ("\n" + table(["MONITOR", "ID", "SEVERITY", "EVENTS"], rows) if rows else "")
+
+
+# --- simulate -------------------------------------------------------------
+
+
+def render_simulation(answer: dict[str, Any]) -> str:
+    """The best configurations, then how each device was searched."""
+    rows = []
+    for item in answer.get("recommendations", []):
+        config, metrics = item["config"], item["metrics"]
+        options = ",".join(name for name, key in (("chunked", "chunked_prefill"), ("prefix", "prefix_caching"))
+                           if config.get(key)) or NONE
+        rows.append([item["device"], f"{config['tensor_parallel']}x{config['pipeline_parallel']}",
+                     config["replicas"], config["max_num_seqs"], config.get("block_size", NONE), options,
+                     config.get("quantization") or "none",
+                     f"{metrics['ttft_ms']:.0f}", f"{metrics['tpot_ms']:.1f}", f"{metrics['throughput_per_user']:.1f}",
+                     f"{metrics['total_throughput']:.0f}", gb(metrics.get("memory_gb_per_device")),
+                     f"{metrics['error_rate']:.2f}", f"{metrics['cost_per_million_tokens']:.2f}", metrics["method"]])
+    workload = answer.get("workload", {})
+    head = (f"{answer.get('model', {}).get('name')}: {workload.get('input_tokens')} tokens in, "
+            f"{workload.get('output_tokens')} out, {workload.get('concurrency')} at once "
+            f"(run {answer.get('workflow_id')})")
+    searched = [f"{d['device']} x{d['count']}: {d['search']} search, {d['evaluations']} of {d['space_size']} "
+                f"configurations evaluated, {d['invalid']} impossible, {d['seconds']:.2f} s"
+                for d in answer.get("devices", [])]
+    headers = ["DEVICE", "TPxPP", "REPLICAS", "SEQS", "BLOCK", "OPTIONS", "QUANT", "TTFT_MS", "TPOT_MS",
+               "TOK/S/USER", "TOK/S", "GB/DEV", "MISSED", "$/MTOK", "METHOD"]
+    return "\n".join([head, table(headers, rows), *searched])

@@ -201,7 +201,7 @@ class OpenAIEndpoint:
                 principal = self.auth.admit(method, path, scope["headers"])
             except ServiceError as exc:
                 await self._error(send, exc, request_id)
-                if path.startswith(("/admin/", "/drift/")):  # a refused attempt at these is worth knowing about
+                if path.startswith(("/admin/", "/drift/", "/simulator/")):  # a refused attempt is worth knowing about
                     refused = getattr(exc, "principal", None)  # a valid credential without the scope: who
                     self.request_log.admin_request(method, path, request_id, refused, exc.status, {"code": exc.code})
                 return

@@ -17,6 +17,7 @@ from orchestrator.capture import CaptureStore
 
 CLIENT_GONE = 499  # what an audit entry says when the client left before its answer was complete (nginx does too)
 READ_PATHS_AUDITED = ("/admin/captures", "/admin/audit")  # reads that are themselves worth an entry
+SIMULATOR_QUERIES = frozenset({"/simulator/run", "/simulator/node-configurations", "/simulator/benchmark-config"})
 
 
 class BodyTap:
@@ -81,8 +82,10 @@ class RequestLog:
     @staticmethod
     def audits_admin(method: str, path: str) -> bool:
         """Admin requests worth an entry: every change, and reads of captured bodies or of the log itself."""
-        if not path.startswith(("/admin/", "/drift/")) or path == "/drift/ingest":  # monitors are configuration;
-            return False  # the events pushed into them are data
+        if not path.startswith(("/admin/", "/drift/", "/simulator/")) or path == "/drift/ingest":  # monitors are
+            return False  # configuration; the events pushed into them are data
+        if path in SIMULATOR_QUERIES:  # computations that change nothing (benchmark jobs and feedback do)
+            return False
         return method not in ("GET", "HEAD", "OPTIONS") or path.startswith(READ_PATHS_AUDITED)
 
     def admin_request(self, method: str, path: str, request_id: bytes, principal: Principal | None, status: int,

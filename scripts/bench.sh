@@ -19,6 +19,12 @@
 #              from a drifted batch to its alert, one evaluation at windows of
 #              1000 and 10000 (tests/bench/bench_drift.py; the service runs with
 #              $ENVS_DIR/drift: ./scripts/install.sh --engine drift)
+#   simulator  the performance simulator: simulate() of a 70B model on 8 x H100
+#              with the heuristic and the regressor vs the exhaustive search,
+#              memory validation, and its TTFT/TPOT/throughput predictions vs
+#              SmolLM2-135M on vLLM-CPU measured in the same run
+#              (tests/bench/bench_simulator.py; runs with $ENVS_DIR/simulator:
+#              ./scripts/install.sh --engine simulator)
 #
 #   scripts/bench.sh                      every suite, with its defaults
 #   scripts/bench.sh proxy [OPTIONS]      [--json results.json] [--scale 0.5] [--only SCENARIO] [--strict]
@@ -28,6 +34,8 @@
 #   scripts/bench.sh gateway [OPTIONS]    [--json results.json] [--rounds N] [--requests N] [--strict]
 #   scripts/bench.sh drift [OPTIONS]      [--json results.json] [--scale 0.5] [--duration S] [--trials N]
 #                                         [--only ingest|detect|eval] [--service-env NAME=VALUE] [--strict]
+#   scripts/bench.sh simulator [OPTIONS]  [--json results.json] [--runs N] [--requests N] [--skip-measure]
+#                                         [--strict]
 #   scripts/bench.sh --help | SUITE --help
 #
 # The options after a suite word go to that suite's script. Options without a
@@ -37,7 +45,8 @@
 #
 # Runs with the orchestrator's environment ($ENVS_DIR/orchestrator); set
 # MODELYARD_BENCH_PYTHON to use another interpreter (it needs aiohttp, psutil,
-# pyyaml and the orchestrator's requirements).
+# pyyaml and the orchestrator's requirements). The simulator suite runs with the
+# simulator's environment ($ENVS_DIR/simulator: xgboost, deap) instead.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
@@ -50,7 +59,16 @@ suite_script() {
     embeddings) echo tests/bench/bench_embeddings.py ;;
     gateway) echo tests/bench/bench_gateway.py ;;
     drift) echo tests/bench/bench_drift.py ;;
-    *) die "unknown benchmark suite '$1' (proxy, scheduler, embeddings, gateway or drift)" ;;
+    simulator) echo tests/bench/bench_simulator.py ;;
+    *) die "unknown benchmark suite '$1' (proxy, scheduler, embeddings, gateway, drift or simulator)" ;;
+  esac
+}
+
+# The interpreter a suite runs with: the simulator's environment for the simulator.
+suite_python() {
+  case "$1" in
+    simulator) echo "$ENVS_DIR/simulator/bin/python" ;;
+    *) echo "$ORCH_PY" ;;
   esac
 }
 
@@ -58,12 +76,18 @@ if [ "$#" -eq 0 ]; then
   [ -x "$ORCH_PY" ] || die "no Python at $ORCH_PY: run ./scripts/install.sh first, or set MODELYARD_BENCH_PYTHON"
   cd "$ROOT"
   status=0
-  for suite in proxy scheduler embeddings gateway drift; do
+  for suite in proxy scheduler embeddings gateway drift simulator; do
     say "benchmark suite: $suite"
     rc=0
-    "$ORCH_PY" "$(suite_script "$suite")" || rc=$?
+    python="$(suite_python "$suite")"
+    if [ -x "$python" ]; then
+      "$python" "$(suite_script "$suite")" || rc=$?
+    else
+      printf 'modelyard: error: no Python at %s: run ./scripts/install.sh --engine %s\n' "$python" "$suite" >&2
+      rc=1
+    fi
     [ "$status" -ne 0 ] || status=$rc
-    [ "$suite" = drift ] || echo
+    [ "$suite" = simulator ] || echo
   done
   exit "$status"
 fi
@@ -73,9 +97,15 @@ case "$1" in
     sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
     exit 0
     ;;
-  -*) script="$(suite_script proxy)" ;;
-  *) script="$(suite_script "$1")"; shift ;;
+  -*) suite=proxy ;;
+  *) suite="$1"; shift ;;
 esac
-[ -x "$ORCH_PY" ] || die "no Python at $ORCH_PY: run ./scripts/install.sh first, or set MODELYARD_BENCH_PYTHON"
+script="$(suite_script "$suite")"
+python="$(suite_python "$suite")"
+if [ "$suite" = simulator ]; then
+  [ -x "$python" ] || die "no Python at $python: run ./scripts/install.sh --engine simulator"
+else
+  [ -x "$python" ] || die "no Python at $python: run ./scripts/install.sh first, or set MODELYARD_BENCH_PYTHON"
+fi
 cd "$ROOT"
-exec "$ORCH_PY" "$script" "$@"
+exec "$python" "$script" "$@"

@@ -55,7 +55,7 @@ reqs=("$ROOT/requirements.txt")
 [ "$WITH_TESTS" = 1 ] && reqs+=("$ROOT/requirements-test.txt")
 make_env orchestrator "${reqs[@]}"
 
-# Which engines: the ones named, else the ones the config uses (and drift when settings.drift is on).
+# Which engines: the ones named, else the ones the config uses (and the drift and simulator siblings when on).
 if [ ${#ENGINES[@]} -eq 0 ]; then
   mapfile -t ENGINES < <(cd "$ROOT" && "$ORCH_PY" -c '
 import sys
@@ -67,6 +67,8 @@ except ConfigError as err:
 engines = {m.engine for m in config.models.values()}
 if config.settings.drift.enabled:
     engines.add("drift")  # the drift monitor, a sibling service with an environment of its own
+if config.settings.simulator.enabled:
+    engines.add("simulator")  # the performance simulator, another sibling service
 print("\n".join(sorted(engines)))' "$CONFIG")
 fi
 

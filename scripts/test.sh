@@ -6,7 +6,7 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-"$ROOT/scripts/install.sh" --test --engine vllm --engine transformers --engine embeddings --engine onnx --engine diffusers --engine musicgen --engine drift
+"$ROOT/scripts/install.sh" --test --engine vllm --engine transformers --engine embeddings --engine onnx --engine diffusers --engine musicgen --engine drift --engine simulator
 cd "$ROOT"
 export MODELYARD_TRANSFORMERS_PYTHON="$ENVS_DIR/transformers/bin/python"
 export MODELYARD_SMOLLM2_DIR="$STATE_DIR/models/smollm2-135m"

@@ -85,8 +85,10 @@ ROUTES = [
     ("POST", "/v1/chat/completions", {"model": "nonexistent", **CHAT}, "inference", "nonexistent", 404),
     ("GET", "/v1/models", None, "models:read", None, 200),
     ("GET", "/metrics", None, "metrics:read", None, 200),
-    ("GET", "/admin/services", None, "admin:read", None, 200),
-    ("HEAD", "/admin/services", None, "admin:read", None, 405),
+    ("GET", "/admin/services", None, "services:read", None, 200),  # admin:read implies it
+    ("HEAD", "/admin/services", None, "services:read", None, 405),
+    ("GET", "/admin/services/chat", None, "services:read", None, 200),
+    ("GET", "/admin/services/chat/logs", None, "admin:read", None, 200),  # logs are not the service list
     ("POST", "/admin/services/chat/load", None, "admin:models", None, 200),
     ("GET", "/admin/usage", None, "admin:read", None, 200),
     ("GET", "/admin/audit", None, "audit:read", None, 200),
@@ -94,6 +96,8 @@ ROUTES = [
     ("GET", "/admin/captures", None, "captures:read", None, 404),  # capture is off here: 404 capture_disabled
     ("GET", "/drift/monitors", None, "drift:read", None, 404),  # drift is off here: 404 drift_disabled
     ("DELETE", "/drift/monitors/m", None, "drift:write", None, 404),
+    ("GET", "/simulator/hardware", None, "simulator:read", None, 404),  # the simulator is off here
+    ("POST", "/simulator/run", {}, "simulator:write", None, 404),
     ("GET", "/admin/keys", None, "admin:keys", None, 200),
     ("GET", "/admin/keys/", None, "admin:keys", None, 307),  # FastAPI's redirect, only once allowed
     ("OPTIONS", "/admin/keys", None, "admin:keys", None, 405),
@@ -110,7 +114,7 @@ SCOPES_OF = {
     "member (x-api-key)": {"models:read", "inference"},
     "limited": {"models:read", "inference"},
     "admin": {"models:read", "inference", "metrics:read", "admin:read", "admin:models", "admin:keys", "audit:read",
-              "captures:read", "drift:read", "drift:write"},
+              "captures:read", "drift:read", "drift:write", "simulator:read", "simulator:write", "services:read"},
 }
 REJECTED = {
     "missing": "missing_api_key",

@@ -198,6 +198,26 @@ def test_drift_status_with_drift_off_says_how_to_turn_it_on(yard: Yard) -> None:
     assert "settings.drift.enabled" in error["message"]
 
 
+def test_simulate_with_the_simulator_off_says_how_to_turn_it_on(yard: Yard) -> None:
+    done = yard.run("simulate", "alpha", "--input-tokens", "128", "--output-tokens", "32")
+    assert done.returncode == 1 and done.stdout == ""
+    assert "settings.simulator.enabled" in done.stderr and "simulator_disabled, HTTP 404" in done.stderr
+    assert "restart the orchestrator" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("args, complaint", [
+    (["--device", "H100-SXM:0"], "NAME:COUNT"),
+    (["--device", ":8"], "NAME:COUNT"),
+    (["--concurrency", "0"], "give 1 to 100000"),
+    (["--ttft-ms", "fast"], "is not a number"),
+])
+def test_simulate_refuses_bad_arguments_with_exit_2(yard: Yard, args: list[str], complaint: str) -> None:
+    done = yard.run("simulate", "alpha", "--input-tokens", "128", "--output-tokens", "32", *args)
+    assert done.returncode == 2 and complaint in done.stderr and "Traceback" not in done.stderr
+    missing = yard.run("simulate", "alpha", "--input-tokens", "128")
+    assert missing.returncode == 2 and "--output-tokens" in missing.stderr
+
+
 def test_config_check_validates_offline(yard: Yard, tmp_path: Path) -> None:
     unreachable = {"MODELYARD_URL": f"http://127.0.0.1:{free_port()}"}  # it needs no orchestrator
     good = yard.run("config", "check", str(yard.orch.config_path), **unreachable)
@@ -400,3 +420,26 @@ def test_the_progress_line_shows_on_a_terminal_only() -> None:
     assert cli.Progress("loading m", piped).run(lambda: 8) == 8 and piped.getvalue() == ""
     with pytest.raises(ValueError):
         cli.Progress("loading m", Terminal(), tick=0.05).run(lambda: int("x"))
+
+
+def test_simulation_table() -> None:
+    answer = {
+        "workflow_id": "w1", "model": {"name": "tiny"},
+        "workload": {"input_tokens": 128, "output_tokens": 32, "concurrency": 4},
+        "recommendations": [{"device": "H100-SXM", "config": {"tensor_parallel": 2, "pipeline_parallel": 1,
+                                                              "replicas": 3, "max_num_seqs": 32,
+                                                              "block_size": 16, "chunked_prefill": True,
+                                                              "prefix_caching": False, "quantization": "int4"},
+                             "metrics": {"ttft_ms": 959.35, "tpot_ms": 15.02, "throughput_per_user": 72.36,
+                                         "total_throughput": 3448.1, "memory_gb_per_device": 23.22,
+                                         "error_rate": 0.0, "cost_per_million_tokens": 1.445,
+                                         "method": "heuristic"}}],
+        "devices": [{"device": "H100-SXM", "count": 8, "search": "genetic", "evaluations": 771,
+                     "space_size": 27648, "invalid": 341, "seconds": 0.87}],
+    }
+    text = cli_format.render_simulation(answer)
+    assert text.splitlines()[0] == "tiny: 128 tokens in, 32 out, 4 at once (run w1)"
+    assert row_of(text, "H100-SXM") == ["H100-SXM", "2x1", "3", "32", "16", "chunked", "int4", "959", "15.0", "72.4", "3448", "23.2",
+                                        "0.00", "1.45", "heuristic"]
+    assert text.splitlines()[-1] == ("H100-SXM x8: genetic search, 771 of 27648 configurations evaluated, "
+                                     "341 impossible, 0.87 s")

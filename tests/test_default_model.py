@@ -83,6 +83,40 @@ def test_the_drift_monitor_sees_the_real_models_requests(appliance):
     assert plain["ttft_ms"] is None and 0 < streamed["ttft_ms"] <= streamed["latency_ms"]
 
 
+def test_the_simulator_measures_the_real_model_and_retrains(appliance):
+    """The default config runs the simulator: a benchmark job sweeps SmolLM2 on
+    vLLM through the orchestrator, stores one record per point, retrains the
+    regressor and reports its leave-one-out error; a run then recommends a
+    configuration for this host's CPU."""
+    url, log = appliance
+    sweep = {"model": "smollm2-135m", "concurrency": [1, 4],
+             "lengths": [{"input_tokens": 64, "output_tokens": 16}]}
+    started = httpx.post(url + "/simulator/benchmarks", json=sweep, timeout=120)
+    assert started.status_code == 202, started.text
+    job_url = f"{url}/simulator/benchmarks/{started.json()['id']}"
+    assert wait_until(lambda: httpx.get(job_url, timeout=30).json()["state"] != "running", 300, interval=1)
+    job = httpx.get(job_url, timeout=30).json()
+    assert job["state"] == "done", job
+    assert job["records"] == 2
+    evaluation = job["evaluation"]
+    print("leave-one-out mean absolute % error:", json.dumps(evaluation["mean_abs_pct_error"]))
+    assert evaluation["records"] >= 2 + 31  # the shipped records and these
+    for method in ("heuristic", "regressor"):
+        assert all(error >= 0 for error in evaluation["mean_abs_pct_error"][method].values())
+    with sqlite3.connect(log.parent / "state" / "simulator.db") as db:
+        records = [json.loads(r) for (r,) in db.execute("SELECT record FROM records WHERE job_id = ?", [job["id"]])]
+    assert [r["workload"]["concurrency"] for r in records] == [1, 4]
+    for record in records:
+        assert record["device"]["name"] == "host-cpu" and record["deployment"]["block_size"] == 128
+        assert 0 < record["measured"]["ttft_ms"] < record["measured"]["e2e_latency_s"] * 1000
+        assert record["measured"]["total_throughput"] > 0 and record["measured"]["tpot_ms"] > 0
+
+    run = httpx.post(url + "/simulator/run", json={"model": "smollm2-135m", "input_tokens": 64,
+                                                   "output_tokens": 16, "concurrency": 4}, timeout=60)
+    assert run.status_code == 200, run.text
+    assert run.json()["recommendations"][0]["device"] == "host-cpu"
+
+
 def test_start_all_prints_where_it_listens_and_a_curl_example(appliance):
     url, log = appliance
     text = log.read_text()

@@ -66,6 +66,8 @@ def test_the_pod_serves_from_the_volume_with_auth_and_a_key_made_once(tmp_path: 
         assert {s["id"] for s in services} == {"smollm2-135m", "all-minilm-l6-v2"}
         drift = httpx.get(url + "/drift/monitors", headers=admin, timeout=60)  # the sibling runs too
         assert drift.status_code == 200, drift.text
+        hardware = httpx.get(url + "/simulator/hardware", headers=admin, timeout=60)
+        assert hardware.status_code == 200, hardware.text
     finally:
         pod.send_signal(signal.SIGTERM)
         pod.wait(60)
