@@ -26,7 +26,9 @@ def open_database(path: Path, migrations: Sequence[Migration]) -> sqlite_utils.D
             "it was written by a newer release"
         )
     for number in range(version + 1, len(migrations) + 1):
-        with db.conn:
+        # atomic(), not `with db.conn`: sqlite-utils' execute commits each statement by itself
+        # unless a transaction is open, and Python's sqlite3 opens none before DDL.
+        with db.atomic():
             migrations[number - 1](db)
             db.execute(f"PRAGMA user_version = {number}")
     return db
