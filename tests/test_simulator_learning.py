@@ -142,3 +142,15 @@ def test_shipped_file_lines_are_checked(tmp_path: Path) -> None:
     bad.write_text('{"model": {}}\n')
     with pytest.raises(ValueError, match="measured.jsonl:1"):
         read_jsonl(bad)
+
+
+def test_models_yaml_args_become_the_deployment_a_record_describes() -> None:
+    from models.simulator.deployment import deployment_from_args
+
+    cpu = deployment_from_args({}, "cpu")  # vLLM 0.32's own CPU defaults
+    assert (cpu.max_num_seqs, cpu.block_size, cpu.chunked_prefill, cpu.prefix_caching) == (128, 128, True, True)
+    assert deployment_from_args({}, "gpu").block_size == 16
+    given = deployment_from_args({"max_num_seqs": 4, "enable-prefix-caching": "false", "quantization": "awq"}, "cpu")
+    assert (given.max_num_seqs, given.prefix_caching, given.quantization) == (4, False, None)
+    with pytest.raises(ValueError):
+        deployment_from_args({"max_num_seqs": "lots"}, "cpu")

@@ -108,13 +108,17 @@ def deployment_from_args(args: dict[str, Any], kind: str) -> Deployment:
     def arg(name: str, fallback: Any) -> Any:
         return args.get(name, args.get(name.replace("_", "-"), fallback))
 
+    def flag(name: str, fallback: bool) -> bool:
+        value = arg(name, fallback)  # models.yaml may say "false" as well as false
+        return value.strip().lower() in ("1", "true", "yes", "on") if isinstance(value, str) else bool(value)
+
     quantization = arg("quantization", None)
     return Deployment(
         tensor_parallel=int(arg("tensor_parallel_size", 1)), pipeline_parallel=int(arg("pipeline_parallel_size", 1)),
         max_num_seqs=int(arg("max_num_seqs", default.max_num_seqs)),
         block_size=int(arg("block_size", default.block_size)),
-        chunked_prefill=bool(arg("enable_chunked_prefill", default.chunked_prefill)),
-        prefix_caching=bool(arg("enable_prefix_caching", default.prefix_caching)),
+        chunked_prefill=flag("enable_chunked_prefill", default.chunked_prefill),
+        prefix_caching=flag("enable_prefix_caching", default.prefix_caching),
         quantization=quantization if quantization in QUANTIZATIONS else None)
 
 

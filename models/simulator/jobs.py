@@ -101,10 +101,7 @@ class BenchmarkJobs:
 
             assert self.orchestrator_url is not None
             await run_sweep(self.orchestrator_url, target.model_id, points, requests_per_point=requests_per_point,
-                            api_key=self.token, on_point=record, should_stop=lambda: job_id in self._cancelled)
-            if job_id in self._cancelled:
-                self.store.finish_job(job_id, "cancelled")
-                return
+                            api_key=self.token, on_point=record)
             evaluation = await asyncio.to_thread(self._retrain) if retrain else None
             self.store.finish_job(job_id, "done", evaluation=evaluation)
             log_event(log, "benchmark job done", job=job_id, records=len(points))

@@ -38,10 +38,11 @@ from models.simulator.deployment import (  # noqa: E402
     Deployment,
     Topology,
     Workload,
+    deployment_from_args,
     engine_defaults,
     validate_parallelism,
 )
-from models.simulator.hardware import CatalogError, Device, HostDevice, host_devices, load_catalog  # noqa: E402
+from models.simulator.hardware import Device, HostDevice, host_devices, load_catalog  # noqa: E402
 from models.simulator.heuristic import predict  # noqa: E402
 from models.simulator.jobs import BenchmarkJobs, Target  # noqa: E402
 from models.simulator.memory import memory_breakdown  # noqa: E402
@@ -61,7 +62,6 @@ from models.simulator.schemas import (  # noqa: E402
 from models.simulator.simulate import SpaceLimits, metrics_of, powers_of_two, simulate  # noqa: E402
 from models.simulator.store import SimulatorStore  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 # Set by the orchestrator (core/engines.py names them too; importing it would pull in aiohttp).
 ORCHESTRATOR_URL_ENV = "MODELYARD_ORCHESTRATOR_URL"
 SIMULATOR_TOKEN_ENV = "MODELYARD_SIMULATOR_TOKEN"
@@ -82,13 +82,12 @@ class SimulatorService(BaseService):
         self.regressor: Regressor | None = None
         self.jobs: BenchmarkJobs | None = None
         self.gpu_devices: dict[int, Device] = {}
-        self._state_for_paths = ""
         self._search_lock = threading.Lock()
         super().__init__(options)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--state-dir", default=os.environ.get("MODELYARD_STATE_DIR", str(ROOT / "state")),
+        parser.add_argument("--state-dir", default=os.environ.get("MODELYARD_STATE_DIR", str(ROOT_DIR / "state")),
                             help="the state directory: <state-dir>/simulator.db, <state-dir>/simulator/")
         parser.add_argument("--config", default=None, help="models.yaml, to resolve model ids (and simulated GPUs)")
         parser.add_argument("--catalog", default=None, help="the hardware catalog (default configs/hardware.yaml)")
@@ -166,9 +165,9 @@ class SimulatorService(BaseService):
 
     async def run(self, body: RunRequest) -> dict[str, Any]:
         store = self._ready_store()
-        spec, model_key = self._model(body)
+        spec, model_key, entry = self._model(body)
         topologies = self._topologies(body.devices)
-        workload = self._workload(body, spec)
+        workload = self._workload(body, spec, entry)
         limits = SpaceLimits(
             max_num_seqs=tuple(body.max_num_seqs) if body.max_num_seqs else SpaceLimits.max_num_seqs,
             quantizations=tuple(_quantization(q) for q in body.quantizations),
@@ -190,7 +189,7 @@ class SimulatorService(BaseService):
 
         try:
             outcomes = await asyncio.to_thread(work)
-        except ValueError as exc:  # a search argument the schema let through (ga options for exhaustive...)
+        except ValueError as exc:  # what the schema cannot see: an exhaustive search too large for its space
             raise ServiceError(400, str(exc), "invalid_request") from None
         found = [(o, rank, e) for o in outcomes for rank, e in enumerate(o.result.best, 1)]
         if not found:
@@ -214,9 +213,9 @@ class SimulatorService(BaseService):
         best = store.configurations(workflow_id)[: body.top_k]
         return {"object": "simulation", "workflow_id": workflow_id, "method": body.method,
                 "workload": dataclasses.asdict(workload), **summary,
-                "recommendations": [self._public(item, outcomes) for item in best]}
+                "recommendations": [self._public(item) for item in best]}
 
-    def _public(self, item: dict[str, Any], outcomes: list[Any] | None = None) -> dict[str, Any]:
+    def _public(self, item: dict[str, Any]) -> dict[str, Any]:
         config = item["config"]
         deployment = Deployment(**config)
         return {"config_id": item["id"], "device": item["device"], "rank": item["rank"], "config": config,
@@ -269,8 +268,8 @@ class SimulatorService(BaseService):
     async def node_configurations(self, body: NodeConfigurationsRequest) -> dict[str, Any]:
         """Every tensor x pipeline parallel split on each device: valid or not, and why."""
         self._require_ready()
-        spec, _ = self._model(body)
-        workload = self._workload(body, spec)
+        spec, _, entry = self._model(body)
+        workload = self._workload(body, spec, entry)
         data = []
         for topology in self._topologies(body.devices):
             for tp in powers_of_two(topology.devices):
@@ -292,8 +291,8 @@ class SimulatorService(BaseService):
     async def benchmark_config(self, body: BenchmarkConfigRequest) -> dict[str, Any]:
         """One configuration the user chose: is it possible, what it needs, what it should do."""
         self._require_ready()
-        spec, _ = self._model(body)
-        workload = self._workload(body, spec)
+        spec, _, entry = self._model(body)
+        workload = self._workload(body, spec, entry)
         if body.devices is not None and len(body.devices) > 1:
             raise ServiceError(400, "benchmark-config describes one configuration: give one device", "invalid_request",
                                "devices")
@@ -320,12 +319,17 @@ class SimulatorService(BaseService):
     async def start_benchmark(self, body: BenchmarkRequest) -> dict[str, Any]:
         self._require_ready()
         assert self.jobs is not None
-        spec, _ = self._model(ModelRef(model=body.model))
-        entry = self._config_entry(body.model)
+        spec, _, entry = self._model(ModelRef(model=body.model))
+        assert entry is not None
         # The records describe vLLM deployments: vLLM's engine, or a command that runs a server of its kind.
         if entry.engine not in ("vllm", "command"):
             raise ServiceError(400, f"model {body.model!r} is served by the {entry.engine} engine; benchmark jobs "
                                "measure vLLM services (engine vllm, or command)", "not_vllm", "model")
+        try:  # the records will need these as numbers: say so now, not after the sweep
+            deployment_from_args(dict(entry.args), "cpu")
+        except (TypeError, ValueError) as exc:
+            raise ServiceError(400, f"model {body.model!r}: its vLLM args in models.yaml are not what vLLM takes "
+                               f"({exc})", "invalid_engine_args", "model") from None
         points = [SweepPoint(c, length.input_tokens, length.output_tokens)
                   for length in body.lengths for c in body.concurrency]
         target = Target(model_id=body.model, spec=spec, args=dict(entry.args))
@@ -373,7 +377,8 @@ class SimulatorService(BaseService):
         return lambda model, topology, deployment, workload, heuristic: regressor.predict(
             model, topology, deployment, workload, heuristic)
 
-    def _config_entry(self, model_id: str) -> Any:
+    def _config_entry(self, model_id: str) -> tuple[Any, str]:
+        """The models.yaml entry of a text model, and its path as the orchestrator expands it."""
         if not self.options.config:
             raise ServiceError(400, "this simulator was started without models.yaml (--config); give model_path",
                                "no_config", "model")
@@ -382,34 +387,34 @@ class SimulatorService(BaseService):
         except ConfigError as exc:
             raise ServiceError(503, f"models.yaml cannot be read: {exc}", "config_invalid") from None
         entry = config.models.get(model_id)
-        self._state_for_paths = str(config.state_path())
         if entry is None:
             raise ServiceError(404, f"no model {model_id!r} in models.yaml", "model_not_found", "model")
         if entry.type != "text" or not entry.model:
             raise ServiceError(400, f"model {model_id!r} is not a text model with a local path; the simulator "
                                "describes LLMs", "not_an_llm", "model")
-        return entry
+        # ${STATE_DIR} and ${ROOT} as the orchestrator expands them (core/engines.py)
+        return entry, expand(entry.model, {"STATE_DIR": str(config.state_path()), "ROOT": str(ROOT_DIR)})
 
-    def _model(self, ref: ModelRef) -> tuple[ModelSpec, str]:
-        """The spec, and the key runs are filed under (the model id or the path)."""
+    def _model(self, ref: ModelRef) -> tuple[ModelSpec, str, Any | None]:
+        """The spec, the key runs are filed under (the model id or the path) and the
+        models.yaml entry (None for a model_path)."""
+        entry = None
         if ref.model is not None:
-            entry = self._config_entry(ref.model)
-            # ${STATE_DIR} and ${ROOT} as the orchestrator expands them (core/engines.py)
-            path = expand(entry.model, {"STATE_DIR": self._state_for_paths, "ROOT": str(ROOT_DIR)})
+            entry, path = self._config_entry(ref.model)
             key = ref.model
         else:
             path = key = str(ref.model_path)
         try:
-            return load_model_spec(path, name=key), key
+            return load_model_spec(path, name=key), key, entry
         except ModelConfigError as exc:
             raise ServiceError(400, str(exc), "model_config_invalid", "model" if ref.model else "model_path") \
                 from None
 
-    def _workload(self, body: WorkloadFields, spec: ModelSpec) -> Workload:
+    def _workload(self, body: WorkloadFields, spec: ModelSpec, entry: Any | None) -> Workload:
         """The workload, refused when its sequences do not fit the model's context (or models.yaml's max_model_len)."""
         limits = [(spec.max_positions, "the model's max_position_embeddings")] if spec.max_positions else []
-        if body.model is not None:
-            length = self._config_entry(body.model).args.get("max_model_len")
+        if entry is not None:
+            length = entry.args.get("max_model_len")
             if isinstance(length, int) and not isinstance(length, bool) and length > 0:
                 limits.append((length, "its max_model_len in models.yaml"))
         tokens = body.input_tokens + body.output_tokens
@@ -450,8 +455,5 @@ def _workload(body: WorkloadFields) -> Workload:
 
 
 if __name__ == "__main__":
-    try:
-        SimulatorService.main()
-    except CatalogError as exc:  # a bad catalog at start: say so in one line
-        print(f"modelyard simulator: {exc}", file=sys.stderr)
-        sys.exit(2)
+    # A bad catalog or database at start ends load() with "modelyard: load failed: ..." (core.base_service).
+    SimulatorService.main()

@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from tests.conftest import wait_until
+from tests.support.api_errors import assert_error
 from tests.support.engine_process import Engine, start_engine
 
 STANDARD = NormalDist()
@@ -86,15 +87,6 @@ def metric(text: str, name: str, **labels: str) -> float | None:
         if line.startswith(name + "{") and all(f'{key}="{value}"' in line for key, value in labels.items()):
             return float(line.rsplit(" ", 1)[1])
     return None
-
-
-def assert_error(response: httpx.Response, status: int, param: str | None, code: str | None = None) -> None:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["param"] == param, error
-    if code is not None:
-        assert error["code"] == code, error
-    assert error["message"]
 
 
 # ---------------------------------------------------------------- monitors

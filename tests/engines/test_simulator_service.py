@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
+from tests.support.api_errors import assert_error
 from tests.support.engine_process import Engine, start_engine
 
 FIXTURES = ROOT / "tests" / "fixtures" / "hf_configs"
@@ -72,6 +73,8 @@ def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
             "big": {"engine": "command", "cmd": command, "model": str(LLAMA_70B)},
             "emb": {"type": "embedding", "engine": "command", "cmd": command, "model": str(SMOLLM2)},
             "nocfg": {"engine": "command", "cmd": command, "model": str(empty)},
+            "hf": {"engine": "transformers", "model": str(SMOLLM2)},
+            "oddargs": {"engine": "command", "cmd": command, "model": str(SMOLLM2), "args": {"max_num_seqs": "lots"}},
         },
         "settings": {"gpus": [{"name": H100_NVML, "memory_gb": H100_MEMORY_GB}] * 2},
     }))
@@ -91,16 +94,6 @@ def client(simulator: Simulator) -> Iterator[httpx.Client]:
     # Every response of every test: never a 500, never a traceback.
     with httpx.Client(base_url=simulator.url, timeout=120, event_hooks={"response": [_no_server_errors]}) as http:
         yield http
-
-
-def assert_error(response: httpx.Response, status: int, param: str | None, code: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["param"] == param, error
-    if code is not None:
-        assert error["code"] == code, error
-    assert error["message"]
-    return error
 
 
 def run(client: httpx.Client, **body: Any) -> dict[str, Any]:
@@ -571,6 +564,11 @@ def test_benchmark_jobs_need_the_orchestrator(client: httpx.Client) -> None:
     assert_error(client.delete("/simulator/benchmarks/nope"), 404, None, "job_not_found")
     assert_error(client.post("/simulator/benchmarks", json={"model": "nope"}), 404, "model", "model_not_found")
     assert_error(client.post("/simulator/benchmarks", json={"model": "emb"}), 400, "model", "not_an_llm")
+    # Records describe vLLM deployments; args that vLLM would not take are refused before any request.
+    assert_error(client.post("/simulator/benchmarks", json={"model": "hf"}), 400, "model", "not_vllm")
+    odd = assert_error(client.post("/simulator/benchmarks", json={"model": "oddargs"}), 400, "model",
+                       "invalid_engine_args")
+    assert "lots" in odd["message"]
     assert_error(client.post("/simulator/benchmarks", json={"model": "tiny", "concurrency": [0]}), 400,
                  "concurrency.0", "invalid_request")
     # A job measures a served model: models.yaml ids only.
