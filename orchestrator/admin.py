@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -91,6 +91,24 @@ def pool_usage(scheduler: Scheduler) -> list[dict[str, Any]]:
     return rows
 
 
+async def gpu_report(app: Any) -> dict[str, Any]:
+    """Each GPU now, with what the scheduler reserved on it and what NVML
+    measures for each of our services."""
+    config, scheduler = app.state.config, app.state.scheduler
+    declared = [g.model_dump() for g in config.settings.gpus] if config.settings.gpus else None
+    inventory = await asyncio.to_thread(discover, declared)
+    ours = {s.process.pid: s.id for s in scheduler.services.values() if s.process and s.process.pid}
+    body = inventory.as_dict()
+    pools = {p["name"]: p for p in pool_usage(scheduler)}
+    for gpu, row in zip(inventory.gpus, body["gpus"], strict=True):
+        row["measured"] = {ours[pid]: used for pid, used in gpu.processes.items() if pid in ours}
+        pool = pools.get(f"gpu{gpu.index}", {})
+        row["budget_gb"] = pool.get("budget_gb")
+        row["reserved_gb"] = pool.get("reserved_gb")
+        row["reserved"] = pool.get("services", {})
+    return body
+
+
 def build_admin_router() -> APIRouter:
     router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -115,22 +133,14 @@ def build_admin_router() -> APIRouter:
     async def list_gpus(request: Request) -> dict[str, Any]:
         """The GPU inventory now (NVML, or the simulated one), with the memory
         each of our services holds on each card where NVML reports it."""
-        config = request.app.state.config
-        declared = [g.model_dump() for g in config.settings.gpus] if config.settings.gpus else None
-        inventory = await asyncio.to_thread(discover, declared)
-        ours = {
-            s.process.pid: s.id for s in scheduler_of(request).services.values() if s.process and s.process.pid
-        }
-        body = inventory.as_dict()
-        pools = {p["name"]: p for p in pool_usage(scheduler_of(request))}
-        for gpu, row in zip(inventory.gpus, body["gpus"]):
-            # What NVML measures for our processes, beside what the scheduler reserved.
-            row["measured"] = {ours[pid]: used for pid, used in gpu.processes.items() if pid in ours}
-            pool = pools.get(f"gpu{gpu.index}", {})
-            row["budget_gb"] = pool.get("budget_gb")
-            row["reserved_gb"] = pool.get("reserved_gb")
-            row["reserved"] = pool.get("services", {})
-        return body
+        return await gpu_report(request.app)
+
+    @router.get("/requests")
+    async def recent_requests(
+        request: Request, limit: int = Query(50, ge=1, le=500), model: str | None = Query(None, max_length=300)
+    ) -> dict[str, Any]:
+        """The last requests to the model routes, newest first (kept in memory: a restart forgets them)."""
+        return {"object": "list", "data": request.app.state.recent.latest(limit, model)}
 
     @router.post("/reload")
     async def reload(request: Request, drain: float = Query(30.0, ge=0, le=3600)) -> dict[str, Any]:

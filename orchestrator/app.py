@@ -55,6 +55,8 @@ from orchestrator.scheduler import Scheduler
 from orchestrator.siblings import Sibling
 from orchestrator.simulator_api import build_simulator_router, orchestrator_url, simulator_principal
 from orchestrator.tracing import Tracing
+from orchestrator.ui import build_ui_router, static_files
+from orchestrator.ui_session import UiSessions
 from orchestrator.usage_api import build_usage_router
 
 log = logging.getLogger("modelyard.orchestrator")
@@ -158,6 +160,8 @@ def create_app(
     app.include_router(build_capture_router())
     app.include_router(build_drift_router())
     app.include_router(build_simulator_router())
+    app.include_router(build_ui_router())
+    app.mount("/ui/static", static_files(), name="ui-static")
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
@@ -250,12 +254,16 @@ def create_app(
     endpoint.idempotency = idempotency
     endpoint.drift_feed = feed
     app.state.maintenance = endpoint.maintenance
+    app.state.recent = endpoint.recent
+    app.state.ui_sessions = None
     if config.settings.cors_origins:
         endpoint.add_cors(config.settings.cors_origins)
     if config.settings.auth.enabled:
         jwt_settings = config.settings.auth.jwt
         internal = {simulator_token: simulator_principal()} if simulator_token else None
-        endpoint.auth = Authenticator(keys, JwtVerifier(jwt_settings).verify if jwt_settings else None, internal)
+        app.state.ui_sessions = UiSessions(load_or_create_key(config.state_path() / "ui.key"))
+        endpoint.auth = Authenticator(keys, JwtVerifier(jwt_settings).verify if jwt_settings else None, internal,
+                                      app.state.ui_sessions)
     reloading = asyncio.Lock()
 
     async def reload(drain: float = 30.0) -> dict[str, Any]:

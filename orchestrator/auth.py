@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from core.errors import ServiceError
 from orchestrator.keys import ApiKey, KeyRejected, KeyStore
 from orchestrator.limits import QuotaSpec
+from orchestrator.ui_session import UiSessions, has_csrf_header, session_cookie
 
 SCOPES = ("models:read", "inference", "metrics:read", "admin:read", "admin:models", "admin:keys", "audit:read",
           "captures:read", "drift:read", "drift:write", "simulator:read", "simulator:write", "services:read")
@@ -36,8 +37,10 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
     "member": frozenset({"models:read", "inference"}),
     "admin": frozenset(SCOPES),
 }
-OPEN_PATHS = frozenset({"/health", "/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
-OPEN_PREFIXES = ("/files/",)
+OPEN_PATHS = frozenset({"/health", "/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+                        "/ui/login", "/ui/logout"})
+OPEN_PREFIXES = ("/files/", "/ui/static/")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 @dataclass(frozen=True)
@@ -105,8 +108,8 @@ def required_scope(method: str, path: str) -> str | None:
         return "drift:read" if method in ("GET", "HEAD") else "drift:write"
     if path == "/simulator" or path.startswith("/simulator/"):  # the simulator (orchestrator/simulator_api.py)
         return "simulator:read" if method in ("GET", "HEAD") else "simulator:write"
-    if path == "/v1/models":
-        return "models:read"
+    if path == "/v1/models" or path == "/ui" or path.startswith("/ui/"):
+        return "models:read"  # the dashboard's pages: each part checks its own scope (orchestrator/ui.py)
     if path.startswith("/v1/"):
         return "inference"  # the OpenAI routes (endpoint.py handles them itself)
     return "admin:keys"
@@ -131,15 +134,22 @@ class Authenticator:
     into a principal, raising KeyRejected (orchestrator/jwt_auth.py)."""
 
     def __init__(self, keys: KeyStore, jwt: Callable[[str], Principal] | None = None,
-                 internal: dict[str, Principal] | None = None) -> None:
+                 internal: dict[str, Principal] | None = None, sessions: UiSessions | None = None) -> None:
         self.keys = keys
         self.jwt = jwt
         # Per-start secrets of sibling services (the simulator's benchmark job) and who they are.
         self.internal = dict(internal or {})
+        self.sessions = sessions  # the dashboard's session cookies (orchestrator/ui_session.py)
 
-    def authenticate(self, headers: Iterable[tuple[bytes, bytes]]) -> Principal:
-        """The principal behind a request's headers; 401 when there is none."""
+    def authenticate(self, headers: Iterable[tuple[bytes, bytes]], method: str = "GET") -> Principal:
+        """The principal behind a request's headers (a key, a JWT or, without
+        either, a dashboard session cookie); 401 when there is none."""
+        headers = list(headers)
         presented = presented_key(headers)
+        if not presented and self.sessions is not None:
+            cookie = session_cookie(headers)
+            if cookie is not None:
+                return self._session_principal(cookie, method, headers)
         if not presented:
             raise ServiceError(401, "an API key is required: send 'Authorization: Bearer <key>' or 'x-api-key'",
                                code="missing_api_key")
@@ -153,12 +163,24 @@ class Authenticator:
         except KeyRejected as exc:
             raise ServiceError(401, exc.message, code=exc.code) from None
 
+    def _session_principal(self, cookie: str, method: str, headers: list[tuple[bytes, bytes]]) -> Principal:
+        assert self.sessions is not None
+        key_id = self.sessions.key_id_of(cookie)
+        key = self.keys.get(key_id) if key_id is not None else None
+        if key is None or key.state() != "active":  # forged, expired, or its key revoked or expired since
+            raise ServiceError(401, "the dashboard session has ended; sign in again at /ui/login",
+                               code="session_expired")
+        if method not in SAFE_METHODS and not has_csrf_header(headers):
+            raise ServiceError(403, "a change made with a session cookie must carry the x-modelyard-ui header",
+                               code="csrf_header_missing")
+        return Principal.of(key)
+
     def admit(self, method: str, path: str, headers: Iterable[tuple[bytes, bytes]]) -> Principal | None:
         """The principal, checked against the route's scope (401, 403); None for open routes."""
         scope = required_scope(method, path)
         if scope is None:
             return None
-        principal = self.authenticate(headers)
+        principal = self.authenticate(headers, method)
         try:
             principal.require(scope)
         except ServiceError as exc:

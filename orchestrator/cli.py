@@ -5,13 +5,15 @@ orchestrator's admin API (docs/CLI.md).
     modelyard keys create --name N ... | keys list | keys revoke ID | keys rotate ID [--grace D]
     modelyard drift status [MONITOR | --model M]
     modelyard simulate MODEL --input-tokens N --output-tokens N [--concurrency N] [--device NAME[:COUNT]] ...
+    modelyard measure MODEL [--concurrency 1,4,16] [--lengths 128:64,...] [--requests-per-point N] [--no-retrain]
+                      [--detach] | measure --cancel JOB_ID
     modelyard bench [SUITE] [ARGS...]          (scripts/bench.sh)
     modelyard config check [FILE]              (offline)
 
 Global options, before or after the command: --url (env MODELYARD_URL),
 --api-key (env MODELYARD_API_KEY), --json, --timeout. Exit status: 0 ok, 1
 the orchestrator refused or could not be reached (or config check found
-problems), 2 bad arguments.
+problems, or a measure job ended other than done), 2 bad arguments.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ DEFAULT_TIMEOUT = 30.0
 BENCH_SCRIPT = ROOT_DIR / "scripts" / "bench.sh"
 MAX_GRACE = 30 * 86400.0  # POST /admin/keys/{id}/rotate?grace=
 EXIT_INTERRUPTED = 130  # what a shell reports for a command stopped by Ctrl-C
+MAX_SWEEP = 16  # values per list of a benchmark job (models/simulator/schemas.py BenchmarkRequest)
+ESTIMATE_CAP = 0.99  # a bar against a guessed end never shows done before the work is
+POLL_SECONDS = 1.0  # between two questions about a benchmark job
 # Said after the orchestrator's own message, for the refusals a person can fix from here.
 HINTS = {
     "missing_api_key": "give an admin key with --api-key or in MODELYARD_API_KEY",
@@ -101,12 +106,38 @@ def device_choice(text: str) -> dict[str, Any]:
     return {"name": name, "count": int(count)}
 
 
+def listed(item: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    """A comma-separated list of up to MAX_SWEEP values, each checked by `item`."""
+    def parse(text: str) -> list[Any]:
+        parts = text.split(",")
+        if len(parts) > MAX_SWEEP:
+            raise argparse.ArgumentTypeError(f"{text!r}: at most {MAX_SWEEP} values")
+        return [item(part.strip()) for part in parts]
+
+    return parse
+
+
+def length_pair(text: str) -> dict[str, int]:
+    """IN:OUT, a benchmark job's prompt and output tokens."""
+    prompt, colon, output = text.partition(":")
+    try:
+        pair = {"input_tokens": sweep_tokens(prompt), "output_tokens": sweep_tokens(output)} if colon else None
+    except argparse.ArgumentTypeError:
+        pair = None
+    if pair is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: give lengths as IN:OUT tokens (1 to 100000 each), e.g. 128:64")
+    return pair
+
+
 line_count = ranged(int, 1, MAX_WINDOW, "100")
 token_count = ranged(int, 1, 1_000_000, "512")
 user_count = ranged(int, 1, 100_000, "8")
 target_value = ranged(float, 1e-9, 1e12, "2000")
 drain_seconds = ranged(float, 0, 3600, "30")
 poll_seconds = ranged(float, 0.05, 60, "1")
+sweep_tokens = ranged(int, 1, 100_000, "128")
+sweep_users = listed(ranged(int, 1, 1024, "4"))
+sweep_lengths = listed(length_pair)
 
 
 # --- the parser -----------------------------------------------------------
@@ -182,6 +213,19 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--method", choices=["regressor", "heuristic"], default="regressor")
     simulate.add_argument("--top", type=ranged(int, 1, 50, "5"), default=5, metavar="N",
                           help="configurations shown (default 5)")
+    measure = command("measure", "measure a model through the orchestrator and retrain the simulator on it "
+                      "(the simulator's benchmark job)")
+    job = measure.add_mutually_exclusive_group(required=True)
+    job.add_argument("model", nargs="?", metavar="MODEL", help="a text model of models.yaml served by vLLM")
+    job.add_argument("--cancel", metavar="JOB_ID", help="stop a running job (its measured points stay)")
+    measure.add_argument("--concurrency", type=sweep_users, metavar="N,N,...",
+                         help="users at once per point, 1-1024 (default the simulator's: 1,4,16)")
+    measure.add_argument("--lengths", type=sweep_lengths, metavar="IN:OUT,...",
+                         help="prompt and output tokens per point (default the simulator's: 128:64)")
+    measure.add_argument("--requests-per-point", type=ranged(int, 1, 10_000, "20"), metavar="N",
+                         help="requests per point, 1-10000 (at least its concurrency; default: that)")
+    measure.add_argument("--no-retrain", action="store_true", help="store the records, leave the regressor")
+    measure.add_argument("--detach", action="store_true", help="start the job and return (no waiting)")
     # Everything after `bench` is the benchmark's own (scripts/bench.sh --help), --help included.
     commands.add_parser("bench", add_help=False, help="run scripts/bench.sh [SUITE] [ARGS...]")
     config = command("config", "models.yaml")
@@ -250,16 +294,34 @@ def report(args: argparse.Namespace, error: CliError) -> None:
 
 
 class Progress:
-    """'loading x: 12 s' on one line of a terminal while `work` runs in a
-    thread; on anything else (a pipe, a CI log) nothing at all."""
+    """One line of a terminal, redrawn while a command waits: a bar when how
+    far along is known, else the seconds so far ('loading x: 12 s'); on
+    anything else (a pipe, a CI log) nothing at all."""
 
     def __init__(self, label: str, stream: TextIO | None = None, tick: float = 0.25) -> None:
         self.label = label
         self.stream = stream if stream is not None else sys.stderr
         self.tick = tick
+        self.began = time.monotonic()
 
-    def run(self, work: Callable[[], Any]) -> Any:
-        if not self.stream.isatty():
+    @property
+    def shown(self) -> bool:
+        return self.stream.isatty()
+
+    def draw(self, fraction: float | None = None, count: str | None = None, estimate: float | None = None) -> None:
+        if self.shown:
+            line = fmt.progress_line(self.label, time.monotonic() - self.began, fraction, count, estimate)
+            self.stream.write(f"\r{line}\033[K")  # \033[K: nothing left of a longer line before
+            self.stream.flush()
+
+    def clear(self) -> None:
+        if self.shown:
+            self.stream.write("\r\033[K")  # clear the line for what comes next
+            self.stream.flush()
+
+    def run(self, work: Callable[[], Any], estimate: float | None = None) -> Any:
+        """work() in a thread; with `estimate` (seconds, a guess) a bar against it, else the seconds so far."""
+        if not self.shown:
             return work()
         outcome: dict[str, Any] = {}
 
@@ -271,16 +333,17 @@ class Progress:
 
         # A daemon: Ctrl-C stops the wait at once; the orchestrator goes on with the load.
         worker = threading.Thread(target=target, daemon=True)
-        began = time.monotonic()
+        self.began = time.monotonic()
         worker.start()
         try:
             while worker.is_alive():
-                self.stream.write(f"\r{self.label}: {time.monotonic() - began:.0f} s")
-                self.stream.flush()
+                if estimate:
+                    self.draw(min((time.monotonic() - self.began) / estimate, ESTIMATE_CAP), estimate=estimate)
+                else:
+                    self.draw()
                 worker.join(self.tick)
         finally:
-            self.stream.write("\r\033[K")  # clear the line for what comes next
-            self.stream.flush()
+            self.clear()
         if "error" in outcome:
             raise outcome["error"]
         return outcome["value"]
@@ -301,10 +364,26 @@ def models(args: argparse.Namespace, client: AdminClient) -> int:
     return 0
 
 
+def last_load_seconds(client: AdminClient, model_id: str) -> float | None:
+    """How long the model's last load took, as a guess at this one; None when
+    unknown, when it is ready already, or when asking failed (the load then
+    reports its own errors)."""
+    try:
+        service = client.get(f"/admin/services/{model_path(model_id)}")
+    except CliError:
+        return None
+    if not isinstance(service, dict) or service.get("state") == "ready":
+        return None
+    seconds = service.get("load_seconds")
+    return float(seconds) if isinstance(seconds, (int, float)) and seconds > 0 else None
+
+
 def load(args: argparse.Namespace, client: AdminClient) -> int:
     path = f"/admin/services/{model_path(args.id)}/load"
+    progress = Progress(f"loading {args.id}")
+    estimate = last_load_seconds(client, args.id) if progress.shown else None  # only a bar needs it
     try:
-        service = Progress(f"loading {args.id}").run(lambda: client.request("POST", path, wait=True))
+        service = progress.run(lambda: client.request("POST", path, wait=True), estimate)
     except KeyboardInterrupt:
         print(f"modelyard: stopped waiting; the orchestrator goes on loading {args.id} (modelyard status)",
               file=sys.stderr)
@@ -417,6 +496,63 @@ def simulate(args: argparse.Namespace, client: AdminClient) -> int:
     return 0
 
 
+def benchmark_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given, and only those: the simulator's defaults apply to the rest."""
+    body: dict[str, Any] = {"model": args.model}
+    for field, value in (("concurrency", args.concurrency), ("lengths", args.lengths),
+                         ("requests_per_point", args.requests_per_point)):
+        if value is not None:
+            body[field] = value
+    if args.no_retrain:
+        body["retrain"] = False
+    return body
+
+
+def wait_for_job(client: AdminClient, job: dict[str, Any], model: str) -> dict[str, Any]:
+    """Ask about the job every POLL_SECONDS until it no longer runs; on a terminal, its points as a bar."""
+    progress = Progress(f"measuring {model}")
+    path = f"/simulator/benchmarks/{segment(job['id'])}"
+    try:
+        while job["state"] == "running":
+            records, points = job.get("records") or 0, job.get("points")
+            if points:
+                progress.draw(records / points, f"{records}/{points} points")
+            else:  # a simulator that does not say: the seconds so far
+                progress.draw()
+            time.sleep(POLL_SECONDS)
+            job = client.get(path)
+    finally:
+        progress.clear()
+    return job
+
+
+def measure(args: argparse.Namespace, client: AdminClient) -> int:
+    if args.cancel:
+        job = client.request("DELETE", f"/simulator/benchmarks/{segment(args.cancel)}")
+        emit(args, job, lambda: f"{job['id']}: {job['state']} (the points measured so far stay: "
+                                f"{job.get('records', 0)} of {job.get('points') or '?'})")
+        return 0
+    started = client.request("POST", "/simulator/benchmarks", body=benchmark_body(args))
+    job_id = started["id"]
+    cancel = f"modelyard measure --cancel {job_id}"
+    if args.detach:
+        emit(args, started, lambda: f"{job_id}: measuring {args.model}, {started.get('points')} points "
+                                    f"(GET /simulator/benchmarks/{job_id} follows it; {cancel} stops it)")
+        return 0
+    try:
+        job = wait_for_job(client, started, args.model)
+    except KeyboardInterrupt:
+        print(f"modelyard: stopped waiting; benchmark job {job_id} goes on in the simulator ({cancel} stops it)",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    emit(args, job, lambda: fmt.render_benchmark_job(job))
+    if job["state"] == "done":
+        return 0
+    reason = f": {job['error']}" if job.get("error") else ""
+    print(f"modelyard: error: benchmark job {job_id} {job['state']}{reason}", file=sys.stderr)
+    return 1
+
+
 REMOTE: dict[tuple[str, str | None], Callable[[argparse.Namespace, AdminClient], int]] = {
     ("status", None): status,
     ("models", None): models,
@@ -429,6 +565,7 @@ REMOTE: dict[tuple[str, str | None], Callable[[argparse.Namespace, AdminClient],
     ("keys", "rotate"): keys_rotate,
     ("drift", "status"): drift_status,
     ("simulate", None): simulate,
+    ("measure", None): measure,
 }
 
 

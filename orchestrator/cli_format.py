@@ -5,6 +5,7 @@ to the orchestrator."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 NONE = "-"
 # States in which a service holds a process (and so memory, an idle time ...).
 RUNNING_STATES = ("starting", "ready", "stopping", "sleeping", "asleep", "waking")
+BAR_CELLS = 24  # a progress bar's width: the line stays within 80 columns for most model ids
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -284,3 +286,44 @@ def render_simulation(answer: dict[str, Any]) -> str:
     headers = ["DEVICE", "TPxPP", "REPLICAS", "SEQS", "BLOCK", "OPTIONS", "QUANT", "TTFT_MS", "TPOT_MS",
                "TOK/S/USER", "TOK/S", "GB/DEV", "MISSED", "$/MTOK", "METHOD"]
     return "\n".join([head, table(headers, rows), *searched])
+
+
+# --- progress and measure -------------------------------------------------
+
+
+def progress_line(label: str, elapsed: float, fraction: float | None = None, count: str | None = None,
+                  estimate: float | None = None) -> str:
+    """'loading x  [##########..............]  45%  12 s / ~27 s' when how far
+    along is known (`count`, e.g. '3/9 points', in place of the percentage;
+    `estimate`: the end is a guess), else 'loading x: 12 s'."""
+    if fraction is None:
+        return f"{label}: {elapsed:.0f} s"
+    fraction = min(max(fraction, 0.0), 1.0)
+    cells = round(fraction * BAR_CELLS)
+    end = f" / ~{math.ceil(estimate)} s" if estimate else ""
+    return f"{label}  [{'#' * cells}{'.' * (BAR_CELLS - cells)}]  {count or f'{fraction:.0%}'}  {elapsed:.0f} s{end}"
+
+
+def percent(value: Any) -> str:
+    return f"{value:.1f}%" if isinstance(value, (int, float)) else NONE
+
+
+def render_benchmark_job(job: dict[str, Any]) -> str:
+    """A benchmark job: its state and points, then how well the retrained regressor predicts."""
+    records, points = job.get("records", 0), job.get("points")
+    measured = f"{records} of {points} points" if points else f"{records} points"
+    lines = [f"{job['id']} ({(job.get('request') or {}).get('model', NONE)}): {job['state']}, {measured} measured"]
+    if job.get("error"):
+        lines.append(f"error: {job['error']}")
+    evaluation = job.get("evaluation")
+    if evaluation:
+        errors = evaluation.get("mean_abs_pct_error") or {}
+        heuristic, regressor = errors.get("heuristic") or {}, errors.get("regressor") or {}
+        lines.append(f"regressor retrained on {evaluation.get('records')} records; mean absolute error "
+                     f"({evaluation.get('method')}):")
+        lines.append(table(["METRIC", "HEURISTIC", "REGRESSOR"],
+                           [[name, percent(heuristic.get(name)), percent(regressor.get(name))]
+                            for name in regressor or heuristic]))
+    elif job["state"] == "done":
+        lines.append("the regressor was not retrained")
+    return "\n".join(lines)

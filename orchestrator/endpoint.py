@@ -47,10 +47,12 @@ from orchestrator.limits import Limiter
 from orchestrator.metrics import RequestMetrics
 from orchestrator.progress import AfterHeaders, acquire_with_progress
 from orchestrator.proxy import Proxy, send_json
+from orchestrator.recent_requests import RecentRequests
 from orchestrator.registry import Registry, Target
 from orchestrator.request_log import CLIENT_GONE, RequestLog
 from orchestrator.scheduler import Lease, Scheduler, State
 from orchestrator.tracing import Tracing
+from orchestrator.ui_session import is_dashboard_page, login_url, send_redirect
 from orchestrator.usage import STREAM_ROUTES, StreamUsage, ask_for_stream_usage, prompt_estimate
 
 ROUTES: dict[str, type[BaseModel]] = {
@@ -156,6 +158,7 @@ class OpenAIEndpoint:
         self.request_log = RequestLog(None, None, False)  # audit entries and captured bodies (app.py's)
         self.tracing = Tracing(None)  # OpenTelemetry spans (app.py's; off by default)
         self.drift_feed: DriftFeed | None = None  # request features for the drift monitor (app.py's, when on)
+        self.recent = RecentRequests()  # the last requests, for the dashboard and GET /admin/requests
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         await self._entry(scope, receive, send)
@@ -200,6 +203,9 @@ class OpenAIEndpoint:
             try:
                 principal = self.auth.admit(method, path, scope["headers"])
             except ServiceError as exc:
+                if exc.status == 401 and is_dashboard_page(method, path):  # a person, not a program: sign in
+                    await send_redirect(send, login_url(path, scope.get("query_string", b"")), request_id)
+                    return
                 await self._error(send, exc, request_id)
                 if path.startswith(("/admin/", "/drift/", "/simulator/")):  # a refused attempt is worth knowing about
                     refused = getattr(exc, "principal", None)  # a valid credential without the scope: who
@@ -245,6 +251,12 @@ class OpenAIEndpoint:
                                                seen["body"], tap)
                 if self.drift_feed is not None and seen["model"]:
                     self._feed_drift(route, status, time.perf_counter() - began, seen)
+                if seen["model"]:
+                    principal = seen["principal"]
+                    error = "client_gone" if status == CLIENT_GONE else seen.get("error")
+                    self.recent.add(request_id, route, seen["model"], status, time.perf_counter() - began,
+                                    seen["first_byte"], seen.get("usage"),
+                                    principal.name if principal is not None else None, error)
 
     async def _handle(self, scope: dict[str, Any], receive: Any, send: Any, began: float,
                       seen: dict[str, Any], request_id: bytes) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -23,6 +24,7 @@ from orchestrator.siblings import Sibling
 
 STARTING_WAIT = 30.0  # seconds a request waits for a sibling that is starting
 PASSED_HEADERS = ("content-type", "retry-after")
+PAGE_TIMEOUT = aiohttp.ClientTimeout(total=30)  # sibling_json: what a dashboard part waits at most
 # Checks a request may need beyond its scope (the simulator's benchmark job names a
 # model the caller must be allowed to use): (request, path, body) -> raises ServiceError.
 Check = Callable[[Request, str, bytes], Awaitable[None]]
@@ -50,7 +52,7 @@ def build_sibling_router(name: str, disabled_hint: str, *, internal: frozenset[s
         url = await sibling.ready_url(STARTING_WAIT)
         # Sent percent-encoded as it came: a decoded "#" or "?" must not cut the path short.
         target = url + ("/metrics" if path == "metrics" else f"/{name}/" + quote(path, safe="/"))
-        session = _session(request, name, client_timeout)
+        session = _session(request.app.state, name, client_timeout)
         headers = {"content-type": request.headers.get("content-type", "application/json")}
         try:
             async with session.request(request.method, target, params=list(request.query_params.multi_items()),
@@ -78,9 +80,32 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _session(request: Request, name: str, timeout: aiohttp.ClientTimeout) -> aiohttp.ClientSession:
+async def sibling_json(state: Any, name: str, path: str, params: dict[str, Any] | None = None,
+                       wait: float = 2.0) -> Any:
+    """GET /<name>/<path> of a sibling, for the orchestrator's own pages (the
+    dashboard): its JSON answer, or ServiceError (404 when it is off, 503 when
+    it is not up, the sibling's own status and message otherwise)."""
+    sibling: Sibling | None = getattr(state, name)
+    if sibling is None:
+        raise ServiceError(404, f"the {name} service is off (settings.{name}.enabled)", code=f"{name}_disabled")
+    url = await sibling.ready_url(wait)
+    session = _session(state, name, aiohttp.ClientTimeout(total=120))
+    try:
+        async with session.get(f"{url}/{name}/{path}", params=params, timeout=PAGE_TIMEOUT) as answer:
+            body = await answer.json(content_type=None)
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+        raise ServiceError(503, f"the {name} service did not answer: {type(exc).__name__}",
+                           code=f"{name}_unavailable") from None
+    if answer.status != 200:
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        raise ServiceError(answer.status, str(error.get("message", f"HTTP {answer.status}")),
+                           code=error.get("code"))
+    return body
+
+
+def _session(state: Any, name: str, timeout: aiohttp.ClientTimeout) -> aiohttp.ClientSession:
     """One connection pool per sibling, closed at shutdown (app.close_sessions)."""
-    sessions: dict[str, aiohttp.ClientSession] = request.app.state.sibling_sessions
+    sessions: dict[str, aiohttp.ClientSession] = state.sibling_sessions
     session = sessions.get(name)
     if session is None or session.closed:
         session = sessions[name] = aiohttp.ClientSession(timeout=timeout)

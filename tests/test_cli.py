@@ -205,6 +205,13 @@ def test_simulate_with_the_simulator_off_says_how_to_turn_it_on(yard: Yard) -> N
     assert "restart the orchestrator" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_measure_with_the_simulator_off_says_how_to_turn_it_on(yard: Yard) -> None:
+    done = yard.run("measure", "alpha", "--concurrency", "1,4")
+    assert done.returncode == 1 and done.stdout == ""
+    assert "settings.simulator.enabled" in done.stderr and "simulator_disabled, HTTP 404" in done.stderr
+    assert "restart the orchestrator" in done.stderr and "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize("args, complaint", [
     (["--device", "H100-SXM:0"], "NAME:COUNT"),
     (["--device", ":8"], "NAME:COUNT"),
@@ -256,6 +263,24 @@ def test_more_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit) as exit_:
         cli.main(argv)
     assert exit_.value.code == 2 and "usage: modelyard" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, complaint", [
+    (["m", "--concurrency", "0"], "'0': give 1 to 1024"),
+    (["m", "--concurrency", "1,four"], "'four' is not an integer"),
+    (["m", "--concurrency", ",".join(["1"] * 17)], "at most 16 values"),
+    (["m", "--lengths", "128"], "IN:OUT"),
+    (["m", "--lengths", "128:64,512:0"], "'512:0': give lengths as IN:OUT"),
+    (["m", "--requests-per-point", "0"], "give 1 to 10000"),
+    ([], "one of the arguments MODEL --cancel is required"),
+    (["m", "--cancel", "bench-1"], "not allowed with"),
+])
+def test_measure_refuses_bad_arguments_with_exit_2(args: list[str], complaint: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["measure", *args])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and complaint in err and "usage: modelyard measure" in err
 
 
 def test_a_wrong_api_key_exits_1_with_the_orchestrators_message_and_not_the_key(yard: Yard) -> None:
@@ -418,8 +443,135 @@ def test_the_progress_line_shows_on_a_terminal_only() -> None:
     assert "\rloading m: 0 s" in screen.getvalue() and screen.getvalue().endswith("\r\033[K")
     piped = io.StringIO()
     assert cli.Progress("loading m", piped).run(lambda: 8) == 8 and piped.getvalue() == ""
+    assert cli.Progress("loading m", piped).run(lambda: 9, estimate=5) == 9 and piped.getvalue() == ""
+    cli.Progress("measuring m", piped).draw(0.5, "1/2 points")
+    assert piped.getvalue() == ""
     with pytest.raises(ValueError):
         cli.Progress("loading m", Terminal(), tick=0.05).run(lambda: int("x"))
+
+
+def test_a_known_end_draws_a_bar_and_a_guessed_one_never_shows_done() -> None:
+    assert cli_format.progress_line("loading m", 12.3, 0.45, estimate=26.2) == \
+        "loading m  [###########.............]  45%  12 s / ~27 s"
+    assert cli_format.progress_line("measuring m", 41, 1 / 3, "3/9 points") == \
+        "measuring m  [########................]  3/9 points  41 s"
+    assert cli_format.progress_line("loading m", 3.4) == "loading m: 3 s"
+    screen = Terminal()
+    assert cli.Progress("loading m", screen, tick=0.02).run(lambda: time.sleep(0.4) or 7, estimate=0.2) == 7
+    drawn = [line for line in (part.removesuffix("\033[K") for part in screen.getvalue().split("\r")) if line]
+    assert drawn and all(re.fullmatch(r"loading m  \[#*\.*\]  \d+%  \d+ s / ~1 s", line) for line in drawn), drawn
+    assert drawn[-1].startswith("loading m  [" + "#" * 24 + "]  99%  ")  # past the guess: 99%, not 100%
+    assert screen.getvalue().endswith("\r\033[K")
+
+
+class FakeAdmin:
+    """AdminClient's two calls, answering from a script: (method, path) -> an answer or an exception."""
+
+    def __init__(self, answers: dict[tuple[str, str], Any]) -> None:
+        self.answers = {key: list(value) if isinstance(value, list) else [value] for key, value in answers.items()}
+        self.calls: list[tuple[str, str, Any]] = []
+
+    def request(self, method: str, path: str, *, body: Any = None, **_: Any) -> Any:
+        self.calls.append((method, path, body))
+        queued = self.answers[(method, path)]
+        answer = queued.pop(0) if len(queued) > 1 else queued[0]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer() if callable(answer) else answer
+
+    def get(self, path: str, **_: Any) -> Any:
+        return self.request("GET", path)
+
+
+def slow(answer: Any, seconds: float = 0.3) -> Any:
+    return lambda: time.sleep(seconds) or answer
+
+
+def test_load_shows_its_last_load_time_as_an_estimate(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    ready = {"id": "m", "state": "ready", "load_seconds": 0.3}
+    known = FakeAdmin({("GET", "/admin/services/m"): {"id": "m", "state": "stopped", "load_seconds": 2.5},
+                       ("POST", "/admin/services/m/load"): slow(ready)})
+    assert cli.load(cli.parse_args(["load", "m"]), known) == 0
+    assert "\rloading m  [" in screen.getvalue() and re.search(r"%  \d+ s / ~3 s", screen.getvalue())
+    assert capsys.readouterr().out.startswith("m: ready (loaded in 0.3 s")
+
+    # Asking failed, or nothing is known: the seconds so far, and the load goes on.
+    for answer in (cli.ApiError(403, "insufficient_scope", "no"), {"id": "m", "state": "stopped",
+                                                                   "load_seconds": None}):
+        screen.seek(0)
+        screen.truncate()
+        unknown = FakeAdmin({("GET", "/admin/services/m"): answer, ("POST", "/admin/services/m/load"): slow(ready)})
+        assert cli.load(cli.parse_args(["load", "m"]), unknown) == 0
+        assert "\rloading m: 0 s" in screen.getvalue() and "%" not in screen.getvalue()
+
+
+JOB = "/simulator/benchmarks/bench-1"
+STARTED = {"object": "benchmark_job", "id": "bench-1", "state": "running", "points": 2}
+EVALUATION = {"records": 33, "method": "leave-one-out",
+              "mean_abs_pct_error": {"heuristic": {"ttft_ms": 45.25, "tpot_ms": 30.0},
+                                     "regressor": {"ttft_ms": 12.0, "tpot_ms": 8.5}}}
+
+
+def job(state: str, records: int, **fields: Any) -> dict[str, Any]:
+    return {**STARTED, "state": state, "records": records, "request": {"model": "m"}, "error": None,
+            "evaluation": None, **fields}
+
+
+def test_measure_polls_its_job_with_a_bar_then_sums_it_up(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(cli, "POLL_SECONDS", 0.01)
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    admin = FakeAdmin({("POST", "/simulator/benchmarks"): STARTED,
+                       ("GET", JOB): [job("running", 1), job("done", 2, evaluation=EVALUATION)]})
+    assert cli.measure(cli.parse_args(["measure", "m", "--concurrency", "1,4"]), admin) == 0
+    assert admin.calls[0] == ("POST", "/simulator/benchmarks", {"model": "m", "concurrency": [1, 4]})
+    assert "\rmeasuring m  [" + "." * 24 + "]  0/2 points  0 s" in screen.getvalue()
+    assert "\rmeasuring m  [" + "#" * 12 + "." * 12 + "]  1/2 points  0 s" in screen.getvalue()
+    assert screen.getvalue().endswith("\r\033[K")
+    text = capsys.readouterr().out
+    assert text.splitlines()[0] == "bench-1 (m): done, 2 of 2 points measured"
+    assert "retrained on 33 records; mean absolute error (leave-one-out):" in text
+    assert row_of(text, "ttft_ms") == ["ttft_ms", "45.2%", "12.0%"]
+
+
+def test_a_measure_that_fails_exits_1_and_detach_or_cancel_do_not_wait(monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(cli, "POLL_SECONDS", 0.01)
+    failing = FakeAdmin({("POST", "/simulator/benchmarks"): STARTED,
+                         ("GET", JOB): job("failed", 1, error="the model answered 500")})
+    assert cli.measure(cli.parse_args(["--json", "measure", "m"]), failing) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out)["state"] == "failed"
+    assert "modelyard: error: benchmark job bench-1 failed: the model answered 500" in err
+
+    detached = FakeAdmin({("POST", "/simulator/benchmarks"): STARTED})
+    assert cli.measure(cli.parse_args(["measure", "m", "--detach", "--no-retrain"]), detached) == 0
+    assert detached.calls == [("POST", "/simulator/benchmarks", {"model": "m", "retrain": False})]
+    assert "modelyard measure --cancel bench-1" in capsys.readouterr().out
+
+    cancelled = FakeAdmin({("DELETE", JOB): job("cancelling", 1)})
+    assert cli.measure(cli.parse_args(["measure", "--cancel", "bench-1"]), cancelled) == 0
+    assert capsys.readouterr().out.startswith("bench-1: cancelling (the points measured so far stay: 1 of 2)")
+
+
+def test_ctrl_c_while_measuring_says_the_job_goes_on_and_how_to_stop_it(capsys: pytest.CaptureFixture[str]) -> None:
+    admin = FakeAdmin({("POST", "/simulator/benchmarks"): STARTED, ("GET", JOB): KeyboardInterrupt()})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli, "POLL_SECONDS", 0.01)
+        assert cli.measure(cli.parse_args(["measure", "m"]), admin) == cli.EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert "benchmark job bench-1 goes on" in err and "modelyard measure --cancel bench-1" in err
+
+
+def test_benchmark_job_summary_without_a_retrain() -> None:
+    text = cli_format.render_benchmark_job(job("done", 2))
+    assert text == "bench-1 (m): done, 2 of 2 points measured\nthe regressor was not retrained"
+    assert cli_format.render_benchmark_job(job("cancelled", 0, points=None)) == \
+        "bench-1 (m): cancelled, 0 points measured"
 
 
 def test_simulation_table() -> None:
@@ -439,7 +591,7 @@ def test_simulation_table() -> None:
     }
     text = cli_format.render_simulation(answer)
     assert text.splitlines()[0] == "tiny: 128 tokens in, 32 out, 4 at once (run w1)"
-    assert row_of(text, "H100-SXM") == ["H100-SXM", "2x1", "3", "32", "16", "chunked", "int4", "959", "15.0", "72.4", "3448", "23.2",
-                                        "0.00", "1.45", "heuristic"]
+    assert row_of(text, "H100-SXM") == ["H100-SXM", "2x1", "3", "32", "16", "chunked", "int4", "959", "15.0", "72.4",
+                                        "3448", "23.2", "0.00", "1.45", "heuristic"]
     assert text.splitlines()[-1] == ("H100-SXM x8: genetic search, 771 of 27648 configurations evaluated, "
                                      "341 impossible, 0.87 s")

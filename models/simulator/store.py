@@ -181,7 +181,8 @@ class SimulatorStore:
         if not rows:
             return None
         row = rows[0]
-        return {**row, "request": json.loads(row["request"]), "records": count,
+        request = json.loads(row["request"])
+        return {**row, "request": request, "records": count, "points": _points(request),
                 "evaluation": json.loads(row["evaluation"]) if row["evaluation"] else None}
 
     def jobs(self, limit: int) -> list[dict[str, Any]]:
@@ -206,3 +207,12 @@ class SimulatorStore:
                 log_event(log, "a stored benchmark record is unreadable; left out", logging.WARNING, id=row["id"],
                           reason=str(exc))
         return records
+
+
+def _points(request: Any) -> int | None:
+    """The points a job measures (concurrency values x lengths), so that `records` reads as
+    progress; None for a stored request of another shape."""
+    try:
+        return len(request.get("concurrency")) * len(request.get("lengths"))
+    except (AttributeError, TypeError):
+        return None

@@ -20,6 +20,8 @@ import httpx
 import pytest
 import yaml
 
+from models.simulator.schemas import BenchmarkRequest
+from models.simulator.store import SimulatorStore
 from tests.conftest import ROOT
 from tests.support.api_errors import assert_error
 from tests.support.engine_process import Engine, start_engine
@@ -575,6 +577,18 @@ def test_benchmark_jobs_need_the_orchestrator(client: httpx.Client) -> None:
     assert_error(client.post("/simulator/benchmarks", json={"model_path": str(SMOLLM2)}), 400, "model")
     assert_error(client.post("/simulator/benchmarks", json={"model": "tiny", "model_path": str(SMOLLM2)}), 400,
                  "model_path")
+
+
+def test_a_job_says_how_many_points_it_measures(tmp_path: Path) -> None:
+    """In process: `points` next to `records` is the job's progress (modelyard measure draws it)."""
+    store = SimulatorStore(tmp_path / "simulator.db")
+    try:
+        store.create_job("bench-1", BenchmarkRequest(model="tiny", concurrency=[1, 4]).model_dump())
+        store.create_job("bench-2", {"model": "tiny"})  # a request of another shape
+        assert (store.job("bench-1")["points"], store.job("bench-1")["records"]) == (2, 0)
+        assert store.job("bench-2")["points"] is None
+    finally:
+        store.close()
 
 
 def test_requests_that_would_tie_up_the_service_are_refused(client: httpx.Client) -> None:
