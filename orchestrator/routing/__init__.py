@@ -1,0 +1,1 @@
+"""Sending each request to one replica of a model: balancing (strategies), health (health), retries (retry)."""
