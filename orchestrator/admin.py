@@ -97,11 +97,16 @@ async def gpu_report(app: Any) -> dict[str, Any]:
     config, scheduler = app.state.config, app.state.scheduler
     declared = [g.model_dump() for g in config.settings.gpus] if config.settings.gpus else None
     inventory = await asyncio.to_thread(discover, declared)
-    ours = {s.process.pid: s.id for s in scheduler.services.values() if s.process and s.process.pid}
+    # Every process of each service: vLLM holds GPU memory in its engine core and workers, not its first pid.
+    ours = {pid: s.id for s in scheduler.services.values() if s.process for pid in s.process.pids()}
     body = inventory.as_dict()
     pools = {p["name"]: p for p in pool_usage(scheduler)}
     for gpu, row in zip(inventory.gpus, body["gpus"], strict=True):
-        row["measured"] = {ours[pid]: used for pid, used in gpu.processes.items() if pid in ours}
+        measured: dict[str, int] = {}
+        for pid, used in gpu.processes.items():
+            if pid in ours:
+                measured[ours[pid]] = measured.get(ours[pid], 0) + used
+        row["measured"] = measured
         pool = pools.get(f"gpu{gpu.index}", {})
         row["budget_gb"] = pool.get("budget_gb")
         row["reserved_gb"] = pool.get("reserved_gb")

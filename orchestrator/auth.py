@@ -2,14 +2,16 @@
 
 With `settings.auth.enabled`, every request carries a key, as
 `Authorization: Bearer <key>` (what OpenAI clients send) or `x-api-key`, or
-with settings.auth.jwt a JWT as the bearer token (jwt_auth.py). 401: no
+with settings.auth.jwt a JWT as the bearer token (jwt_auth.py), or, without
+either, the dashboard's session cookie standing for a key (ui_session.py). 401: no
 credential, a malformed, unknown, expired or revoked one (the code says
 which); 403: a valid one whose role and scopes do not cover the route, or
 whose model list does not hold the model asked for.
 
 Roles nest, admin > member > viewer; a key's explicit scopes add to its
 role's. Open without a key: /health, /ready (probes), /files/ (the URL's
-signature is the credential) and the API schema and docs.
+signature is the credential), the API schema and docs, and the dashboard's
+sign-in (/ui/login, /ui/logout) and static files.
 
 With auth off nothing is checked: whoever reaches the port may do anything,
 so the orchestrator then listens on loopback only, unless
@@ -145,7 +147,12 @@ class Authenticator:
         """The principal behind a request's headers (a key, a JWT or, without
         either, a dashboard session cookie); 401 when there is none."""
         headers = list(headers)
-        presented = presented_key(headers)
+        try:
+            presented = presented_key(headers)
+        except ServiceError:  # another scheme (a proxy's Basic auth, which browsers resend): the cookie may do
+            if self.sessions is None or session_cookie(headers) is None:
+                raise
+            presented = None
         if not presented and self.sessions is not None:
             cookie = session_cookie(headers)
             if cookie is not None:

@@ -97,9 +97,10 @@ async def sibling_json(state: Any, name: str, path: str, params: dict[str, Any] 
         raise ServiceError(503, f"the {name} service did not answer: {type(exc).__name__}",
                            code=f"{name}_unavailable") from None
     if answer.status != 200:
-        error = body.get("error", {}) if isinstance(body, dict) else {}
+        error = body.get("error") if isinstance(body, dict) else None
+        error = error if isinstance(error, dict) else {}
         raise ServiceError(answer.status, str(error.get("message", f"HTTP {answer.status}")),
-                           code=error.get("code"))
+                           code=str(error["code"]) if error.get("code") else None)
     return body
 
 

@@ -96,6 +96,8 @@ def build_ui_router() -> APIRouter:
 
     @router.post("/logout")
     async def logout(request: Request) -> Response:
+        if not same_origin(request):  # another site must not sign people out either
+            raise ServiceError(403, "sign out from this orchestrator's own page", code="cross_site_logout")
         answer = RedirectResponse("/ui/login", status_code=303)
         answer.headers["set-cookie"] = cookie_header("", 0, secure_request(request))
         return answer
@@ -183,18 +185,26 @@ async def requests_part(request: Request, model: str | None) -> dict[str, Any]:
     return {"requests": request.app.state.recent.latest(50, model), "requests_model": model}
 
 
-async def service_part(request: Request, model_id: str) -> dict[str, Any]:
+def known_service(request: Request, model_id: str) -> Any:
+    """The service of model_id; 404 alike for an unknown one and one the key may not use
+    (a key limited to some models learns nothing of the others)."""
     service = request.app.state.scheduler.services.get(model_id)
-    if service is None:
+    principal = principal_of(request)
+    if service is None or (principal is not None and not principal.may_use(
+            model_id, None, request.app.state.registry.canonical)):
         raise ServiceError(404, f"no model '{model_id}' is configured", code="model_not_found")
+    return service
+
+
+async def service_part(request: Request, model_id: str) -> dict[str, Any]:
+    service = known_service(request, model_id)
     if not allowed(request, "services:read"):
         return {"model_id": model_id, "service_denied": "services:read"}
     return {"model_id": model_id, "service": describe(service), "may_change": allowed(request, "admin:models")}
 
 
 async def logs_part(request: Request, model_id: str) -> dict[str, Any]:
-    if model_id not in request.app.state.scheduler.services:
-        raise ServiceError(404, f"no model '{model_id}' is configured", code="model_not_found")
+    known_service(request, model_id)
     if not allowed(request, "admin:read"):
         return {"model_id": model_id, "logs_denied": "admin:read"}
     path = service_log_path(request.app.state.config, model_id)
@@ -213,6 +223,8 @@ async def simulator_part(request: Request) -> dict[str, Any]:
             run["best"] = best["data"]
     except ServiceError as exc:
         return {"simulator_problem": exc.message}
+    except (KeyError, TypeError, AttributeError) as exc:  # an answer of another shape than the simulator's
+        return {"simulator_problem": f"the simulator answered something unexpected ({type(exc).__name__})"}
     return {"runs": runs, "jobs": jobs}
 
 
@@ -229,6 +241,8 @@ async def drift_part(request: Request) -> dict[str, Any]:
             reports.append(report)
     except ServiceError as exc:
         return {"drift_problem": exc.message}
+    except (KeyError, TypeError, AttributeError) as exc:  # an answer of another shape than the monitor's
+        return {"drift_problem": f"the drift monitor answered something unexpected ({type(exc).__name__})"}
     return {"monitors": monitors, "reports": reports}
 
 
@@ -240,9 +254,12 @@ def principal_of(request: Request) -> Principal | None:
 
 
 def allowed(request: Request, scope: str) -> bool:
-    """Whether the signed-in key has scope (everything goes with auth off)."""
+    """Whether the signed-in key has scope (everything goes with auth off; with it on, nothing
+    without a principal: a part reached some other way shows nothing)."""
     principal = principal_of(request)
-    return principal is None or scope in principal.scopes or IMPLIED_BY.get(scope) in principal.scopes
+    if principal is None:
+        return request.app.state.ui_sessions is None
+    return scope in principal.scopes or IMPLIED_BY.get(scope) in principal.scopes
 
 
 def same_origin(request: Request) -> bool:

@@ -22,7 +22,8 @@ from orchestrator.ui_views import BAR_WIDTH, CHART_HEIGHT, GIB, ago, histogram, 
 from tests.conftest import fake_model, wait_until
 from tests.support.api_errors import assert_error
 
-CONFIG = {"settings": {"auth": {"enabled": True}}, "models": {"chat": fake_model(memory_gb=1)}}
+CONFIG = {"settings": {"auth": {"enabled": True}},
+          "models": {"chat": fake_model(memory_gb=1), "hidden": fake_model(memory_gb=1)}}
 OPEN_CONFIG = {"models": {"chat": fake_model(memory_gb=1)}}
 UI = {"x-modelyard-ui": "1"}
 DENIED = "lacks the scope"
@@ -195,7 +196,7 @@ def test_an_admin_session_loads_a_model_and_sees_its_requests(ui: Dashboard) -> 
     assert 'data-pool="host"' in overview.text  # its memory bar
     assert 'id="signed-in">root (admin)' in overview.text
     listed = ui.request("GET", "/admin/services", session)
-    assert listed.status_code == 200 and [s["id"] for s in listed.json()["services"]] == ["chat"]
+    assert listed.status_code == 200 and [s["id"] for s in listed.json()["services"]] == ["chat", "hidden"]
 
     # A change made with the cookie alone could come from another site's page: refused.
     refused = ui.request("POST", "/admin/services/chat/load", session)
@@ -260,6 +261,34 @@ def test_a_viewer_session_sees_pages_but_not_what_its_key_may_not_read(ui: Dashb
     assert_error(ui.request("GET", "/admin/services", session), 403, None, "insufficient_scope")
     assert_error(ui.request("GET", "/admin/requests", session), 403, None, "insufficient_scope")
     assert_error(ui.request("POST", "/admin/services/chat/unload", session, UI), 403, None, "insufficient_scope")
+
+
+def test_a_key_limited_to_some_models_learns_nothing_of_the_others(ui: Dashboard) -> None:
+    made = ui.request("POST", "/admin/keys", headers=ui.admin,
+                      json={"name": "limited", "role": "admin", "models": ["chat"]})
+    assert made.status_code == 201, made.text
+    session = ui.session(made.json()["key"])
+    assert ui.request("GET", "/ui/services/chat", session).status_code == 200
+    for path in ("/ui/services/hidden", "/ui/part/service/hidden", "/ui/part/logs/hidden"):
+        hidden, unknown = ui.request("GET", path, session), ui.request("GET", path.replace("hidden", "nope"), session)
+        assert_error(hidden, 404, None, "model_not_found")
+        assert hidden.json()["error"]["message"] == unknown.json()["error"]["message"].replace("nope", "hidden")
+
+
+def test_a_proxys_basic_auth_beside_the_cookie_does_not_lock_the_dashboard_out(ui: Dashboard) -> None:
+    """Browsers resend a proxy's Authorization: Basic; the session cookie is then the credential."""
+    session = ui.session(ui.admin_key)
+    answer = ui.request("GET", "/ui/part/services", session, {"authorization": "Basic dXNlcjpwYXNz"})
+    assert answer.status_code == 200 and 'data-model="chat"' in answer.text
+    assert_error(ui.request("GET", "/ui/part/services", None, {"authorization": "Basic dXNlcjpwYXNz"}), 401, None,
+                 "invalid_api_key")
+
+
+def test_another_site_cannot_sign_people_out(ui: Dashboard) -> None:
+    session = ui.session(ui.admin_key)
+    answer = ui.request("POST", "/ui/logout", session, {"origin": "https://evil.example"})
+    assert_error(answer, 403, None, "cross_site_logout")
+    assert "set-cookie" not in answer.headers
 
 
 def test_revoking_the_key_ends_its_sessions_at_once(ui: Dashboard) -> None:

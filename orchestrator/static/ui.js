@@ -21,6 +21,7 @@ async function errorMessage(response) {
 // --- parts: <div data-part="/ui/part/..." data-every="2"> ---------------------
 
 const refreshers = [];
+let actionRunning = false; // a load or unload under way: its buttons stay disabled through refreshes
 
 function startParts() {
   document.querySelectorAll("[data-part]").forEach((element) => {
@@ -33,6 +34,7 @@ function startParts() {
         if (response.status === 401) { signIn(); return; }
         if (!response.ok) return; // keep what is shown; the next round tries again
         replaceKeepingScroll(element, await response.text());
+        if (actionRunning) element.querySelectorAll("[data-action]").forEach((b) => { b.disabled = true; });
       } catch (_) {
         // the orchestrator restarting: try again next round
       } finally {
@@ -93,6 +95,7 @@ async function serviceAction(button) {
   };
   tick();
   const timer = setInterval(tick, 250);
+  actionRunning = true;
   document.querySelectorAll("[data-action]").forEach((b) => { b.disabled = true; });
   try {
     const response = await fetch("/admin/services/" + encodeURIComponent(model) + "/" + action,
@@ -107,6 +110,7 @@ async function serviceAction(button) {
     problem.hidden = false;
   } finally {
     clearInterval(timer);
+    actionRunning = false;
     row.hidden = true;
     refreshAll();
   }
@@ -114,7 +118,7 @@ async function serviceAction(button) {
 
 document.addEventListener("click", (event) => {
   const button = event.target.closest("button[data-action]");
-  if (button && !button.disabled) serviceAction(button);
+  if (button && !button.disabled && !actionRunning) serviceAction(button);
 });
 
 // --- playground ---------------------------------------------------------------------
@@ -192,41 +196,56 @@ function startPlayground() {
   }
 
   async function chat(text, began) {
-    history.push({ role: "user", content: text });
+    // The turn joins the history only with its answer: a failed or stopped one leaves no lone
+    // user message behind (chat templates that need alternating roles would refuse the next).
+    const turn = { role: "user", content: text };
     say("user", text);
     const answer = say("assistant", "");
     answer.id = "pg-answer";
     status.textContent = "waiting for " + select.value + "…";
     const response = await post("/v1/chat/completions", {
-      model: select.value, messages: history, stream: true, max_tokens: parseInt(maxTokens.value, 10) || 128,
+      model: select.value, messages: [...history, turn], stream: true, max_tokens: parseInt(maxTokens.value, 10) || 128,
       stream_options: { include_usage: true },
     });
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
-    let buffer = "", firstToken = null, usage = null, done = false;
+    let buffer = "", carriage = "", firstToken = null, usage = null, done = false;
+    // One SSE event: comments (": loading model ...") and data lines, joined as the spec says.
+    const handle = (event) => {
+      const data = [];
+      for (const line of event.split("\n")) {
+        if (line.startsWith(":")) status.textContent = line.slice(1).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(line.startsWith("data: ") ? 6 : 5));
+      }
+      if (data.length === 0) return;
+      const text = data.join("\n");
+      if (text === "[DONE]") { done = true; return; }
+      const message = JSON.parse(text);
+      if (message.error) throw new Error(message.error.message);
+      if (message.usage) usage = message.usage;
+      const delta = message.choices && message.choices[0] && message.choices[0].delta;
+      if (delta && delta.content) {
+        if (firstToken === null) firstToken = performance.now() - began;
+        answer.textContent += delta.content;
+        transcript.scrollTop = transcript.scrollHeight;
+      }
+    };
     while (!done) {
       const chunk = await reader.read();
       if (chunk.done) break;
-      buffer += decoder.decode(chunk.value, { stream: true });
+      let text = carriage + decoder.decode(chunk.value, { stream: true });
+      carriage = text.endsWith("\r") ? "\r" : ""; // a \r\n may be split between two chunks
+      if (carriage) text = text.slice(0, -1);
+      buffer += text.replace(/\r\n?/g, "\n");
       let end;
-      while ((end = buffer.indexOf("\n\n")) >= 0) {
-        const event = buffer.slice(0, end);
+      while (!done && (end = buffer.indexOf("\n\n")) >= 0) {
+        handle(buffer.slice(0, end));
         buffer = buffer.slice(end + 2);
-        if (event.startsWith(":")) { status.textContent = event.slice(1).trim(); continue; } // loading progress
-        if (!event.startsWith("data: ")) continue;
-        const data = event.slice(6);
-        if (data === "[DONE]") { done = true; break; }
-        const message = JSON.parse(data);
-        if (message.error) throw new Error(message.error.message);
-        if (message.usage) usage = message.usage;
-        const delta = message.choices && message.choices[0] && message.choices[0].delta;
-        if (delta && delta.content) {
-          if (firstToken === null) firstToken = performance.now() - began;
-          answer.textContent += delta.content;
-          transcript.scrollTop = transcript.scrollHeight;
-        }
       }
     }
+    buffer += carriage.replace("\r", "\n");
+    if (!done && buffer.trim()) handle(buffer); // a last event without its blank line
+    history.push(turn);
     history.push({ role: "assistant", content: answer.textContent });
     const seconds = ((performance.now() - began) / 1000).toFixed(1);
     status.textContent = (usage ? usage.completion_tokens + " tokens · " : "") +
