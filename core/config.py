@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from core.replica_config import ReplicasConfig
+
 MODEL_TYPES = ("text", "embedding", "image", "audio", "vision", "classification", "service")
 # The types an engine can serve (any engine may also be a `service`, reachable on every route).
 ENGINE_TYPES = {
@@ -237,6 +239,11 @@ class ModelConfig(_Strict):
     prices: Prices = Field(default_factory=Prices, description="What its use costs (cost tracking).")  # type: ignore[arg-type]
     lora: LoraConfig | None = Field(
         None, description="Engine vllm: serve LoRA adapters of this model, each under a model name of its own."
+    )
+    replicas: ReplicasConfig | None = Field(
+        None, description="Serve this model from several places: the local service and peers (other appliances "
+        "or OpenAI-compatible servers), picked per request by a strategy, with health checks, circuit breakers "
+        "and retries before the first byte (docs/ROUTING.md)."
     )
 
     @field_validator("aliases")
@@ -608,7 +615,8 @@ def _describe(error: dict[str, Any]) -> str:
 def _unknown_placeholders(config: Config) -> list[str]:
     problems = []
     for model_id, model in config.models.items():
-        texts = [model.model or "", model.cmd or "", *map(str, model.args.values()), *model.env.values()]
+        texts = [model.model or "", model.cmd or "", *map(str, model.args.values()), *model.env.values(),
+                 *(peer.api_key or "" for peer in (model.replicas.peers if model.replicas else []))]
         for text in texts:
             for name in _PLACEHOLDER.findall(text):
                 if name not in BUILTIN_PLACEHOLDERS and name not in os.environ:

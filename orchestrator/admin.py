@@ -140,6 +140,11 @@ def build_admin_router() -> APIRouter:
         each of our services holds on each card where NVML reports it."""
         return await gpu_report(request.app)
 
+    @router.get("/replicas")
+    async def replicas(request: Request) -> dict[str, Any]:
+        """Models with replicas (models.yaml `replicas:`): each replica's health, breaker, load and latency."""
+        return {"object": "list", "data": [r.describe() for r in request.app.state.router.models.values()]}
+
     @router.get("/requests")
     async def recent_requests(
         request: Request, limit: int = Query(50, ge=1, le=500), model: str | None = Query(None, max_length=300)

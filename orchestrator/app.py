@@ -51,6 +51,7 @@ from orchestrator.metrics import RequestMetrics, SchedulerCollector, SchedulerMe
 from orchestrator.proxy import Proxy
 from orchestrator.registry import Registry
 from orchestrator.request_log import RequestLog
+from orchestrator.routing.router import Router
 from orchestrator.scheduler import Scheduler
 from orchestrator.siblings import Sibling
 from orchestrator.simulator_api import build_simulator_router, orchestrator_url, simulator_principal
@@ -103,6 +104,7 @@ def create_app(
     metrics_registry.register(SchedulerCollector(scheduler))
     tracing = Tracing(config.settings.tracing)
     proxy = Proxy(config.settings.upstream_timeout, tracing)
+    router = Router.of(config, proxy)  # models.yaml `replicas:` (orchestrator/routing/)
     drift, feed = drift_monitor(config, instance, registry, scheduler, proxy, metrics_registry)
     simulator, simulator_token = simulator_service(config, instance, scheduler, config_path,
                                                    listen or (config.settings.host, config.settings.port))
@@ -111,6 +113,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await scheduler.start()
         await proxy.start()
+        await router.start()
         cleaner = asyncio.create_task(files.clean_forever())
         counter = asyncio.create_task(quotas.flush_forever())
         accountant = asyncio.create_task(ledger.flush_forever())
@@ -135,6 +138,7 @@ def create_app(
             if simulator is not None:
                 await simulator.stop()
             await close_sessions(app)
+            await router.close()
             await close_all(proxy, adapters, quotas, footprints, keys, idempotency, ledger, audit, captures, tracing)
 
     app = FastAPI(title="modelyard", version="0.1.0", lifespan=lifespan)
@@ -253,6 +257,8 @@ def create_app(
     endpoint.request_metrics = RequestMetrics(metrics_registry)
     endpoint.idempotency = idempotency
     endpoint.drift_feed = feed
+    endpoint.router = router
+    app.state.router = router
     app.state.maintenance = endpoint.maintenance
     app.state.recent = endpoint.recent
     app.state.ui_sessions = None
@@ -318,6 +324,7 @@ def create_app(
             endpoint.body_limit = body_limit_of(new)
             files.set_ttl(new.settings.file_ttl)
             app.state.config = new
+            router.apply(new)
             report: dict[str, Any] = await scheduler.reconfigure(new, drain)
         report["restart_required"] = kept
         log_event(log, "configuration reloaded", path=str(config_path), **report)

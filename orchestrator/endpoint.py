@@ -50,6 +50,7 @@ from orchestrator.proxy import Proxy, send_json
 from orchestrator.recent_requests import RecentRequests
 from orchestrator.registry import Registry, Target
 from orchestrator.request_log import CLIENT_GONE, RequestLog
+from orchestrator.routing.router import HOP_HEADER, Routed, Router
 from orchestrator.scheduler import Lease, Scheduler, State
 from orchestrator.tracing import Tracing
 from orchestrator.ui_session import is_dashboard_page, login_url, send_redirect
@@ -158,6 +159,7 @@ class OpenAIEndpoint:
         self.request_log = RequestLog(None, None, False)  # audit entries and captured bodies (app.py's)
         self.tracing = Tracing(None)  # OpenTelemetry spans (app.py's; off by default)
         self.drift_feed: DriftFeed | None = None  # request features for the drift monitor (app.py's, when on)
+        self.router: Router | None = None  # replicas of models (app.py's; routing/router.py)
         self.recent = RecentRequests()  # the last requests, for the dashboard and GET /admin/requests
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -340,6 +342,28 @@ class OpenAIEndpoint:
                     payload["model"] = target.upstream
                     body = orjson.dumps(payload)
                 seconds = None if keep_alive is None else parse_keep_alive(keep_alive)
+                replicas = self.router.replicas_of(target.model_id) if self.router and target.adapter is None else None
+                if replicas is not None and forwarded(scope["headers"]):
+                    # Another appliance's router sent it here: serve it ourselves, never send it on
+                    # (appliances that list each other as peers would pass it back and forth).
+                    if not replicas.config.local:
+                        raise ServiceError(508, f"model '{target.model_id}' is served here only by peers (local: "
+                                           "false), and this request came from a peer", code="loop_detected")
+                    replicas = None
+                if replicas is not None:  # models.yaml `replicas:`: the router picks where it runs
+                    assert self.router is not None
+                    routed = Routed()
+                    try:
+                        with self.tracing.step("upstream", request_id, target.model_id):
+                            await self.router.forward(
+                                replicas, routed, route=route, payload=payload, upstream_name=target.upstream,
+                                request_id=request_id, began=began, send=send,
+                                transform=None if capture is not None else self._answer_transform(scope),
+                                meter=meter, acquire_local=lambda: self._acquire(target, seconds),
+                                key=hash_key(replicas.config.hash_on, payload, principal))
+                    finally:
+                        lease = routed.lease  # the answer the client got: for accounting and cancellation
+                    return
                 if payload.get("stream") is True and self._progress_for(target.model_id):
                     answered = True  # our 200 goes out now; what follows arrives as events
                     with self.tracing.step("model.acquire", request_id, target.model_id):
@@ -462,3 +486,17 @@ class OpenAIEndpoint:
             self.request_metrics.refusal(exc.status, exc.code)
         headers = [(b"x-request-id", request_id), *((k.lower().encode(), v.encode()) for k, v in exc.headers().items())]
         await send_json(send, exc.status, exc.body(), headers)
+
+
+def hash_key(hash_on: str, payload: dict[str, Any], principal: Principal | None) -> str | None:
+    """What consistent hashing keeps together: the request's `user` (OpenAI's end-user id), else the key."""
+    user = payload.get("user")
+    if hash_on == "user" and isinstance(user, str) and user:
+        return "user:" + user
+    return ("key:" + principal.key_id) if principal is not None and principal.key_id else None
+
+
+def forwarded(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a peer appliance's router forwarded this request (routing/router.py PeerLease)."""
+    name = HOP_HEADER.encode()
+    return any(key == name for key, _ in headers)

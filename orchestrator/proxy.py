@@ -28,6 +28,10 @@ from orchestrator.usage import StreamUsage, usage_of_answer
 log = logging.getLogger("modelyard.proxy")
 
 OVERHEAD_HEADER = b"x-modelyard-overhead-ms"
+# On an answer the proxy made up because the upstream failed: before its answer began (nothing was
+# done; another replica may be tried) or while it was answering (the model may have run: no retry).
+UPSTREAM_ERROR_HEADER = b"x-modelyard-upstream-error"
+BEFORE_ANSWER, WHILE_ANSWERING = b"before-answer", b"while-answering"
 LOAD_HEADER = b"x-modelyard-load-ms"
 # Hop-by-hop and recomputed headers are not copied from the upstream answer.
 _SKIP_HEADERS = {b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"date", b"server"}
@@ -98,10 +102,13 @@ class Proxy:
                     lease.url + path,
                     data=body,
                     headers=self.tracing.inject({"content-type": "application/json",
-                                                 "x-request-id": request_id.decode()}),
+                                                 "x-request-id": request_id.decode(),
+                                                 # a peer replica's own credential (routing/router.py PeerLease)
+                                                 **getattr(lease, "headers", {})}),
                 )
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-                await self._upstream_failed(send, lease, exc, "could not be reached", "upstream_unreachable", request_id)
+                await self._upstream_failed(send, lease, exc, "could not be reached", "upstream_unreachable", request_id,
+                                            BEFORE_ANSWER)
                 return
             answered = time.perf_counter()
             headers = [(k.lower(), v) for k, v in upstream.raw_headers if k.lower() not in _SKIP_HEADERS]
@@ -112,7 +119,8 @@ class Proxy:
                     data = await upstream.read()
                     answered = time.perf_counter()
                 except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-                    await self._upstream_failed(send, lease, exc, "failed while answering", "upstream_failed", request_id)
+                    await self._upstream_failed(send, lease, exc, "failed while answering", "upstream_failed",
+                                                request_id, WHILE_ANSWERING)
                     return
                 clean = True
                 if upstream.status == 200:
@@ -158,7 +166,7 @@ class Proxy:
             lease.release()
 
     async def _upstream_failed(
-        self, send: Send, lease: Lease, exc: BaseException, doing: str, code: str, request_id: bytes
+        self, send: Send, lease: Lease, exc: BaseException, doing: str, code: str, request_id: bytes, phase: bytes
     ) -> None:
         """Answer 504 when the service was too slow, 502 when it failed."""
         model = lease.service.id
@@ -170,7 +178,8 @@ class Proxy:
             message = f"model '{model}' stayed silent for {self.upstream_timeout:g} s (settings.upstream_timeout)"
         else:
             status, message = 502, f"model '{model}' {doing}: {_reason(exc)}"
-        await send_json(send, status, error_body(status, message, code), [(b"x-request-id", request_id)])
+        await send_json(send, status, error_body(status, message, code),
+                        [(b"x-request-id", request_id), (UPSTREAM_ERROR_HEADER, phase)])
 
 
 def _reason(exc: BaseException) -> str:
