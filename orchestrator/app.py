@@ -198,11 +198,15 @@ def create_app(
                 }
             )
         for name in versions.names():  # registered models: their versions this caller may use
-            usable = [v for v in versions.versions(name) if v["model"] in scheduler.services and shown(v["model"])]
+            if name in registry.names:
+                continue  # shadowed by a models.yaml name since (that one is served)
+            listed = principal is not None and principal.models is not None and name in principal.models
+            usable = [v for v in versions.versions(name, metadata=False)
+                      if v["model"] in scheduler.config.models and (listed or shown(v["model"]))]
             if usable:
                 aliases = {alias: version for alias, version in versions.aliases(name).items()
                            if any(v["version"] == version for v in usable)}
-                data.append({"id": name, "object": "model", "created": int(usable[-1]["created"]),
+                data.append({"id": name, "object": "model", "created": int(min(v["created"] for v in usable)),
                              "owned_by": "modelyard", "type": scheduler.config.models[usable[0]["model"]].type,
                              "versions": [v["version"] for v in usable], "aliases": aliases})
         for adapter in adapters.all():  # LoRA adapters: models of their own, on a base model's service

@@ -462,7 +462,9 @@ class OpenAIEndpoint:
     def _require_model(self, principal: Principal, name: str) -> None:
         """403 unless the principal may use the model (or adapter) called name."""
         adapter = self.registry.adapters.get(name) if self.registry.adapters is not None else None
-        model_id = adapter.base if adapter is not None else self.registry.canonical(name)
+        if adapter is None and principal.models is not None and self.registry.registered_base(name) in principal.models:
+            return  # a listed registered model covers its versions and aliases
+        model_id = adapter.base if adapter is not None else self.registry.model_of(name)
         principal.require_model(name, model_id, adapter.name if adapter is not None else None,
                                 self.registry.canonical)
 

@@ -9,6 +9,7 @@ names come first: a version reference is looked up only for a name it lacks.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from core.config import Config, ModelConfig
@@ -54,7 +55,12 @@ class Registry:
             self.adapters.update(config)
 
     def canonical(self, name: str) -> str:
-        """The model id a name, alias or version reference stands for; other names as they are."""
+        """The model id a models.yaml name or alias stands for; other names as they are. (A key's
+        model list is read through this: an entry never widens with what the registry says later.)"""
+        return self.names.get(name, name)
+
+    def model_of(self, name: str) -> str:
+        """The model a requested name reaches: models.yaml names, then version references; else the name."""
         model_id = self.names.get(name)
         if model_id is None and self.versions is not None:
             try:
@@ -63,6 +69,13 @@ class Registry:
                 found = None
             model_id = found[2] if found is not None and found[2] in self.models else None
         return model_id or name
+
+    def registered_base(self, name: str) -> str | None:
+        """The registered model a reference names (`chat` of `chat@production`), if it is one."""
+        if self.versions is None or name in self.names:
+            return None
+        base = re.split("[@:]", name, maxsplit=1)[0]
+        return base if base in self.versions.names() else None
 
     def _version(self, name: str) -> str | None:
         """The model serving a version reference; None when name is not a registered model."""

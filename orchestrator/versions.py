@@ -42,7 +42,7 @@ from core.storage import open_database
 
 # A registered model name: MODEL_NAME without ':' ('@' it never had), since
 # '@' and ':' separate the name from an alias or a version in a request.
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}\Z")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")  # no "/": a name is one path segment of the API
 ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")
 LATEST = "latest"  # computed, never stored
 RESERVED_ALIASES = frozenset({LATEST})
@@ -50,6 +50,7 @@ PRODUCTION = "production"  # what a plain name resolves to, when set
 
 MAX_VERSION_LENGTH = 128
 MAX_METADATA_BYTES = 64 * 1024  # the metadata's compact JSON, UTF-8
+MAX_METADATA_DEPTH = 32  # levels of nested objects and lists
 
 # semver.org's grammar, with [0-9] rather than \d (which takes any Unicode digit)
 # and \Z rather than $ (which allows a trailing newline).
@@ -212,6 +213,9 @@ def _metadata_text(metadata: Any) -> tuple[str, dict[str, Any]]:
         metadata = {}
     if not isinstance(metadata, dict):
         raise RegistryError(400, "invalid_metadata", "metadata must be a JSON object", "metadata")
+    if _depth(metadata) > MAX_METADATA_DEPTH:  # deep nesting would break copying and encoding it later
+        raise RegistryError(400, "invalid_metadata", f"metadata nests deeper than {MAX_METADATA_DEPTH} levels",
+                            "metadata")
     try:
         # allow_nan=False: NaN and Infinity are not JSON, and API clients would choke on them.
         text = json.dumps(metadata, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -227,6 +231,18 @@ def _metadata_text(metadata: Any) -> tuple[str, dict[str, Any]]:
         raise RegistryError(400, "metadata_too_large",
                             f"metadata is {size} bytes as JSON; at most {MAX_METADATA_BYTES} are kept", "metadata")
     return text, json.loads(text)
+
+
+def _depth(value: Any) -> int:
+    """How deep lists and objects nest in value (iterative: no recursion limit to hit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if level <= MAX_METADATA_DEPTH:  # past the limit the answer is known
+                stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _public(record: dict[str, Any]) -> dict[str, Any]:
@@ -274,13 +290,16 @@ class VersionStore:
         found = model.find(version) if model is not None else None
         return _public(model.versions[found]) if found is not None else None
 
-    def versions(self, name: str) -> list[dict[str, Any]]:
-        """name's versions, highest precedence first; [] for an unknown name."""
+    def versions(self, name: str, metadata: bool = True) -> list[dict[str, Any]]:
+        """name's versions, highest precedence first; [] for an unknown name. metadata=False
+        leaves each one's metadata out (lists that do not show it need not copy it)."""
         with self._lock:
             model = self._models.get(name)
             if model is None:
                 return []
             ordered = sorted(model.versions, key=model.keys.__getitem__, reverse=True)
+            if not metadata:
+                return [{k: v for k, v in model.versions[version].items() if k != "metadata"} for version in ordered]
             return [_public(model.versions[version]) for version in ordered]
 
     def names(self) -> list[str]:

@@ -42,6 +42,15 @@ def _actor(request: Request) -> str | None:
     return principal.name if principal is not None else None
 
 
+def _require_use(request: Request, model_id: str) -> None:
+    """A key limited to some models may point versions and aliases only at those (else it
+    could reach any model through a name it lists)."""
+    principal = getattr(request.state, "principal", None)
+    if principal is not None and not principal.may_use(model_id, None, request.app.state.registry.canonical):
+        raise ServiceError(403, f"the credential {principal.key_id} may not use the model '{model_id}'",
+                           code="model_not_allowed", param="model")
+
+
 def _refused(exc: RegistryError) -> ServiceError:
     return ServiceError(exc.status, exc.message, code=exc.code, param=exc.param)
 
@@ -53,7 +62,7 @@ def build_versions_router() -> APIRouter:
     async def list_registered(request: Request) -> dict[str, Any]:
         store = _store(request)
         return {"object": "list", "data": [
-            {"name": name, "versions": len(store.versions(name)), "aliases": store.aliases(name)}
+            {"name": name, "versions": len(store.versions(name, metadata=False)), "aliases": store.aliases(name)}
             for name in store.names()]}
 
     @router.post("/models/{name}/versions", status_code=201)
@@ -66,6 +75,10 @@ def build_versions_router() -> APIRouter:
         if model_id is None:
             raise ServiceError(400, f"models.yaml has no model '{body.model}' to serve this version",
                                code="unknown_model", param="model")
+        _require_use(request, model_id)
+        if registry.adapters is not None and registry.adapters.get(name) is not None:
+            raise ServiceError(409, f"'{name}' is a LoRA adapter's name; register versions under another name",
+                               code="name_taken")
         try:
             return _store(request).create_version(name, body.version, model_id, parent=body.parent,
                                                   metadata=body.metadata, actor=_actor(request))
@@ -90,6 +103,9 @@ def build_versions_router() -> APIRouter:
 
     @router.put("/models/{name}/aliases/{alias}")
     async def set_alias(request: Request, name: str, alias: str, body: AliasMove) -> dict[str, Any]:
+        target = _store(request).version(name, body.version)
+        if target is not None:
+            _require_use(request, target["model"])
         try:
             return _store(request).set_alias(name, alias, body.version, actor=_actor(request))
         except RegistryError as exc:

@@ -232,7 +232,7 @@ def test_names_and_model_ids_are_checked(store):
         assert (error.status, error.code, error.param) == (400, "invalid_name", "name")
     error = refused(store.create_version, "chat", "1.0.0", "bad model id")
     assert (error.status, error.param) == (400, "model")
-    assert NAME.match("org/chat-v1.2_b") and not NAME.match("chat:1")
+    assert NAME.match("chat-v1.2_b") and not NAME.match("chat:1") and not NAME.match("org/chat")
     assert store.names() == []
 
 
@@ -334,11 +334,11 @@ def test_resolve_unknown_names_and_targets(store):
 
 
 def test_a_name_with_neither_separator_is_looked_up_whole(store):
-    store.create_version("org/chat-v1.2_b", "1.0.0", "served-by")
+    store.create_version("chat-v1.2_b", "1.0.0", "served-by")
     store.create_version("org", "1.0.0", "org-model")
-    assert store.resolve("org/chat-v1.2_b") == ("org/chat-v1.2_b", "1.0.0", "served-by")
-    assert store.resolve("org/chat-v1.2_b@latest") == ("org/chat-v1.2_b", "1.0.0", "served-by")
-    assert store.resolve("org/chat-v1.2") is None
+    assert store.resolve("chat-v1.2_b") == ("chat-v1.2_b", "1.0.0", "served-by")
+    assert store.resolve("chat-v1.2_b@latest") == ("chat-v1.2_b", "1.0.0", "served-by")
+    assert store.resolve("chat-v1.2") is None
 
 
 def test_resolve_reads_no_sqlite(store):

@@ -84,6 +84,46 @@ def test_v1_models_lists_versions_and_aliases_a_key_may_use(yard: Yard) -> None:
     assert_error(yard.served("chat:1.1.0", limited), 403, "model", "model_not_allowed")
 
 
+def test_a_key_listing_a_model_reaches_only_what_it_lists(yard: Yard) -> None:
+    """A listed models.yaml model covers the versions it serves, and nothing else; a listed registered
+    name covers its versions and aliases; a missing version is a 403 like any name it does not list."""
+    yard.call("PUT", "/admin/registry/models/chat/aliases/staging", json={"version": "1.1.0"})
+    v1_only = {"Authorization": "Bearer " + yard.call("POST", "/admin/keys", json={
+        "name": "v1", "role": "member", "models": ["chat-v1"]}).json()["key"]}
+    assert yard.served("chat:1.0.0", v1_only).status_code == 200
+    for name in ("chat@staging", "chat@missing", "chat:9.9.9", "chat-v2"):
+        assert_error(yard.served(name, v1_only), 403, "model", "model_not_allowed")
+    by_name = {"Authorization": "Bearer " + yard.call("POST", "/admin/keys", json={
+        "name": "chat-users", "role": "member", "models": ["chat"]}).json()["key"]}
+    assert yard.served("chat@staging", by_name).json()["model"] == "served-v2"
+    assert yard.served("chat:1.0.0", by_name).json()["model"] == "served-v1"
+    assert_error(yard.served("chat-v2", by_name), 403, "model", "model_not_allowed")  # not the model behind it
+    listed = {m["id"]: m for m in yard.call("GET", "/v1/models", by_name).json()["data"]}
+    assert set(listed) == {"chat"} and listed["chat"]["versions"] == ["1.1.0", "1.0.0"]
+
+
+def test_a_limited_key_cannot_point_a_name_at_a_model_it_may_not_use(yard: Yard) -> None:
+    made = yard.call("POST", "/admin/keys", json={"name": "team-admin", "role": "admin", "models": ["chat-v1"]})
+    team = {"Authorization": f"Bearer {made.json()['key']}"}
+    refused = yard.call("POST", "/admin/registry/models/team-bot/versions", team,
+                        json={"version": "1.0.0", "model": "chat-v2"})
+    assert_error(refused, 403, "model", "model_not_allowed")
+    assert yard.call("POST", "/admin/registry/models/team-bot/versions", team,
+                     json={"version": "1.0.0", "model": "chat-v1"}).status_code == 201
+    assert_error(yard.call("PUT", "/admin/registry/models/chat/aliases/production", team, json={"version": "1.1.0"}),
+                 403, "model", "model_not_allowed")
+
+
+def test_metadata_nested_too_deep_is_refused_and_breaks_nothing(yard: Yard) -> None:
+    deep: Any = "leaf"
+    for _ in range(600):
+        deep = [deep]
+    refused = yard.call("POST", "/admin/registry/models/deep/versions",
+                        json={"version": "1.0.0", "model": "chat-v1", "metadata": {"a": deep}})
+    assert_error(refused, 400, "metadata", "invalid_metadata")
+    assert yard.call("GET", "/v1/models").status_code == 200
+
+
 def test_bad_registrations_are_refused_precisely(yard: Yard) -> None:
     def create(name: str, **body: Any) -> httpx.Response:
         return yard.call("POST", f"/admin/registry/models/{name}/versions", json=body)
@@ -103,6 +143,7 @@ def test_bad_registrations_are_refused_precisely(yard: Yard) -> None:
 
 
 def test_every_change_is_in_the_history_and_the_audit_log(yard: Yard) -> None:
+    yard.call("PUT", "/admin/registry/models/chat/aliases/production", json={"version": "1.0.0"})
     yard.call("PUT", "/admin/registry/models/chat/aliases/production", json={"version": "1.1.0"})
     history = yard.call("GET", "/admin/registry/history", params={"name": "chat"}).json()["data"]
     move = next(e for e in history if e["action"] == "alias.set" and e["alias"] == "production")
