@@ -31,7 +31,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from core.engines import service_log_path
 from core.errors import ServiceError
 from core.logs import log_event
-from orchestrator.admin import _tail, describe, gpu_report, pool_usage
+from orchestrator.admin import describe, gpu_report, pool_usage, tail_lines
 from orchestrator.auth import IMPLIED_BY, Principal
 from orchestrator.keys import KeyRejected
 from orchestrator.sibling_api import read_limited, sibling_json
@@ -208,7 +208,7 @@ async def logs_part(request: Request, model_id: str) -> dict[str, Any]:
     if not allowed(request, "admin:read"):
         return {"model_id": model_id, "logs_denied": "admin:read"}
     path = service_log_path(request.app.state.config, model_id)
-    return {"model_id": model_id, "lines": await asyncio.to_thread(_tail, path, LOG_LINES)}
+    return {"model_id": model_id, "lines": await asyncio.to_thread(tail_lines, path, LOG_LINES)}
 
 
 async def simulator_part(request: Request) -> dict[str, Any]:

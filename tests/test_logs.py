@@ -6,8 +6,11 @@ import json
 import logging
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.logs import JsonFormatter, redact
+from orchestrator import admin
 
 
 @pytest.mark.parametrize(
@@ -52,3 +55,25 @@ def test_a_services_last_log_lines_carry_no_secrets(tmp_path):
     process.tail.extend(["starting", "non-default args: {'api_key': ['k-one-secret', 'k-two-secret']}", "failed"])
     tail = process.last_lines()
     assert "k-one-secret" not in tail and "k-two-secret" not in tail and "failed" in tail
+
+
+@given(text=st.lists(st.sampled_from(["a", "é", "\n", "\r\n", " "]), max_size=300).map("".join),
+       lines=st.integers(min_value=1, max_value=30), block=st.integers(min_value=1, max_value=64))
+@settings(max_examples=200, deadline=None)
+def test_tail_reads_the_same_last_lines_as_reading_the_whole_log(text, lines, block, tmp_path_factory):
+    """tail_lines reads backwards in blocks (a log polled every second may be 10 MB); whatever the
+    block boundaries, it gives what reading the whole file gives."""
+    path = tmp_path_factory.mktemp("tail") / "service.log"
+    path.write_bytes(text.encode("utf-8"))
+    with path.open(encoding="utf-8", newline=None) as handle:
+        expected = [line.rstrip("\n") for line in handle][-lines:]
+    original = admin.TAIL_BLOCK
+    admin.TAIL_BLOCK = block
+    try:
+        assert admin.tail_lines(path, lines) == expected
+    finally:
+        admin.TAIL_BLOCK = original
+
+
+def test_tail_of_a_missing_log_is_empty(tmp_path):
+    assert admin.tail_lines(tmp_path / "none.log", 10) == []
