@@ -40,6 +40,9 @@ from orchestrator.capture_api import build_capture_router
 from orchestrator.drift_api import build_drift_router
 from orchestrator.drift_feed import DriftFeed, Embedder, FeedMetrics
 from orchestrator.endpoint import ROUTES, OpenAIEndpoint
+from orchestrator.experiments.controller import Experiments, ExperimentsCollector
+from orchestrator.experiments.store import ExperimentStore
+from orchestrator.experiments_api import build_experiments_router
 from orchestrator.files import SignedFiles, build_files_router, load_or_create_key
 from orchestrator.footprints import Footprints
 from orchestrator.idempotency import IdempotencyStore
@@ -89,6 +92,8 @@ def create_app(
     quotas = Quotas(keys.db)
     ledger = Ledger(config.state_path() / "usage.db")
     audit = AuditLog(config.state_path() / "audit.db")
+    # A/B tests and canary rollouts on registered models' aliases (orchestrator/experiments/)
+    experiments = Experiments(ExperimentStore(config.state_path() / "experiments.db"), versions, audit)
     captures = open_captures(config)
     idempotency = IdempotencyStore(config.state_path() / "idempotency.db", config.settings.idempotency_ttl)
     if config.settings.auth.enabled and not any(k.role == "admin" and k.state() == "active" for k in keys.all()):
@@ -105,6 +110,7 @@ def create_app(
         SchedulerMetrics(metrics_registry),
     )
     metrics_registry.register(SchedulerCollector(scheduler))
+    metrics_registry.register(ExperimentsCollector(experiments))
     tracing = Tracing(config.settings.tracing)
     proxy = Proxy(config.settings.upstream_timeout, tracing)
     router = Router.of(config, proxy)  # models.yaml `replicas:` (orchestrator/routing/)
@@ -126,12 +132,14 @@ def create_app(
         if simulator is not None:
             simulator.start()
         pump = asyncio.create_task(feed.pump_forever()) if feed is not None else None
+        experimenter = asyncio.create_task(experiments.run_forever())
         app.state.ready = True
         yield
         app.state.ready = False
         cleaner.cancel()
         counter.cancel()
         accountant.cancel()
+        experimenter.cancel()
         if pruner is not None:
             pruner.cancel()
         try:
@@ -143,6 +151,7 @@ def create_app(
             await close_sessions(app)
             await router.close()
             await close_all(proxy, adapters, quotas, footprints, keys, idempotency, ledger, audit, captures, tracing)
+            experiments.close()  # the last counts (after the last requests finished)
             versions.close()
 
     app = FastAPI(title="modelyard", version="0.1.0", lifespan=lifespan)
@@ -159,6 +168,7 @@ def create_app(
     app.state.sibling_sessions = {}
     app.state.registry = registry
     app.state.versions = versions
+    app.state.experiments = experiments
     app.state.ready = False
     install_error_handlers(app, "orchestrator")
     app.include_router(build_admin_router())
@@ -170,6 +180,7 @@ def create_app(
     app.include_router(build_drift_router())
     app.include_router(build_simulator_router())
     app.include_router(build_versions_router())
+    app.include_router(build_experiments_router())
     app.include_router(build_ui_router())
     app.mount("/ui/static", static_files(), name="ui-static")
 
@@ -276,6 +287,7 @@ def create_app(
     endpoint.idempotency = idempotency
     endpoint.drift_feed = feed
     endpoint.router = router
+    endpoint.experiments = experiments
     app.state.router = router
     app.state.maintenance = endpoint.maintenance
     app.state.recent = endpoint.recent

@@ -41,6 +41,7 @@ from core.protocol import (
 from orchestrator.accounting import Ledger
 from orchestrator.auth import Authenticator, Principal
 from orchestrator.drift_feed import DriftFeed, prompt_text, request_features
+from orchestrator.experiments.controller import Assignment, Experiments
 from orchestrator.files import SignedFiles, base_url
 from orchestrator.idempotency import REPLAYED, Capture, IdempotencyStore, fingerprint, key_of, send_answer
 from orchestrator.limits import Limiter
@@ -161,6 +162,7 @@ class OpenAIEndpoint:
         self.drift_feed: DriftFeed | None = None  # request features for the drift monitor (app.py's, when on)
         self.router: Router | None = None  # replicas of models (app.py's; routing/router.py)
         self.recent = RecentRequests()  # the last requests, for the dashboard and GET /admin/requests
+        self.experiments: Experiments | None = None  # A/B tests and rollouts on aliases (app.py's)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         await self._entry(scope, receive, send)
@@ -259,6 +261,8 @@ class OpenAIEndpoint:
                     self.recent.add(request_id, route, seen["model"], status, time.perf_counter() - began,
                                     seen["first_byte"], seen.get("usage"),
                                     principal.name if principal is not None else None, error)
+                    if self.experiments is not None:
+                        self._count_for_experiment(request_id, status, time.perf_counter() - began, seen)
 
     async def _handle(self, scope: dict[str, Any], receive: Any, send: Any, began: float,
                       seen: dict[str, Any], request_id: bytes) -> None:
@@ -317,7 +321,7 @@ class OpenAIEndpoint:
                 with self.tracing.step("route", request_id):
                     if principal is not None:  # before resolving: a limited key learns nothing of other models
                         self._require_model(principal, payload["model"])
-                    target = self.registry.resolve(payload["model"], route)
+                    target, seen["assignment"] = self._resolve(payload, route, principal)
                 seen["model"] = target.model_id
                 if idempotency_key is not None and self.idempotency is not None:
                     owner = (principal.quota_id or principal.key_id or "") if principal is not None else ""
@@ -325,6 +329,7 @@ class OpenAIEndpoint:
                     stored = await self.idempotency.begin(*claim)
                     if stored is not None:  # a replay: the model does not run, no quota or rate is spent
                         answered = True
+                        seen["assignment"] = None  # nor does an experiment count it again
                         headers = [*stored.headers, REPLAYED, (b"x-request-id", request_id)]
                         await send_answer(send, stored, self._answer_transform(scope), headers)
                         return
@@ -407,6 +412,8 @@ class OpenAIEndpoint:
         finally:
             state["done"] = True
             watcher.cancel()
+            seen["broken"] = lease is not None and getattr(lease, "broken", False)
+            seen["waited"] = getattr(lease, "waited", 0.0) if lease is not None else 0.0
             if lease is not None and lease.usage is not None:
                 seen["usage"] = lease.usage
                 self._account(principal, target, lease)
@@ -430,6 +437,22 @@ class OpenAIEndpoint:
             self.drift_feed.record(seen["model"], features, seen.get("prompt"))
         except Exception:  # noqa: BLE001 - drift is an observer: it must not break a request
             log.exception("feeding a request to the drift monitor failed")
+
+    def _count_for_experiment(self, request_id: bytes, status: int, latency: float, seen: dict[str, Any]) -> None:
+        """The request's outcome to its experiment, if it was in one (a stream that broke off counts as
+        failed), and its id kept for feedback. The latency counted leaves out the wait for the service
+        (a load, a queue): that is the scheduler's doing, not the version's. Never fails the request."""
+        assert self.experiments is not None
+        try:
+            principal: Principal | None = seen["principal"]
+            usage = seen.get("usage")
+            self.experiments.finished(seen.get("assignment"), request_id.decode(),
+                                      principal.key_id if principal is not None else None, seen["model"],
+                                      502 if seen.get("broken") else status,
+                                      max(0.0, latency - seen.get("waited", 0.0)),
+                                      usage.completion_tokens if usage is not None else None)
+        except Exception:  # noqa: BLE001 - an observer: it must not break a request
+            log.exception("counting a request for its experiment failed")
 
     def _account(self, principal: Principal | None, target: Target, lease: Lease) -> None:
         """Count what a successful answer used: against the token limits, in
@@ -467,6 +490,27 @@ class OpenAIEndpoint:
         model_id = adapter.base if adapter is not None else self.registry.model_of(name)
         principal.require_model(name, model_id, adapter.name if adapter is not None else None,
                                 self.registry.canonical)
+
+    def _resolve(self, payload: dict[str, Any], route: str,
+                 principal: Principal | None) -> tuple[Target, Assignment | None]:
+        """The target of the requested model; when an A/B test or rollout sits on the alias it names,
+        the version that experiment picks (sticky per `user`), with the assignment to count it under."""
+        name = payload["model"]
+        if self.experiments is None or not self.registry.is_registered_name(name):
+            return self.registry.resolve(name, route), None
+        user = payload.get("user") if isinstance(payload.get("user"), str) else None
+        assignment = self.experiments.steer(name, user)
+        if assignment is not None:
+            try:
+                if principal is not None and principal.models is not None:
+                    # A key that may not use every version taking part stays out of the experiment
+                    # (counted on one side only, it would bias the comparison).
+                    for version in assignment.experiment.versions():
+                        self._require_model(principal, f"{assignment.experiment.name}:{version}")
+                return self.registry.resolve(assignment.reference, route), assignment
+            except ServiceError:
+                pass  # nor does a request the variant cannot serve (its model left models.yaml, another type)
+        return self.registry.resolve(name, route), None
 
     def _answer_transform(self, scope: dict[str, Any]) -> Callable[[bytes], bytes] | None:
         """For answers that may name generated files: sign their URLs."""

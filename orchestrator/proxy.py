@@ -151,6 +151,7 @@ class Proxy:
                     await send({"type": "http.response.body", "body": rest, "more_body": True})
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
                 # The service died or stalled mid-stream: say so rather than cut the body.
+                lease.broken = True
                 log.warning("stream from %s broke: %s", model, _reason(exc), extra={"fields": {"request_id": request_id.decode()}})
                 event = error_body(502, f"model '{model}' failed mid-stream: {_reason(exc)}", "upstream_failed")
                 await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(event) + b"\n\n", "more_body": True})

@@ -75,7 +75,14 @@ class Registry:
         if self.versions is None or name in self.names:
             return None
         base = re.split("[@:]", name, maxsplit=1)[0]
-        return base if base in self.versions.names() else None
+        return base if self.versions.has(base) else None
+
+    def is_registered_name(self, name: str) -> bool:
+        """Whether name reaches the registry: not a models.yaml name or alias, nor a LoRA adapter (those
+        come first), and a registered model's name, alone or with '@' or ':'."""
+        if name in self.names or (self.adapters is not None and self.adapters.get(name) is not None):
+            return False
+        return self.registered_base(name) is not None
 
     def _version(self, name: str) -> str | None:
         """The model serving a version reference; None when name is not a registered model."""

@@ -131,7 +131,8 @@ class Service:
 class Lease:
     """A request's hold on a ready service; release() exactly once."""
 
-    __slots__ = ("service", "url", "waited", "responded", "usage", "granted", "_on_release", "_released", "_slot")
+    __slots__ = ("service", "url", "waited", "responded", "broken", "usage", "granted", "_on_release", "_released",
+                 "_slot")
 
     def __init__(
         self,
@@ -144,6 +145,7 @@ class Lease:
         self.url = service.url
         self.waited = waited
         self.responded = False  # the proxy set it once the answer's headers went out
+        self.broken = False  # the proxy set it when a stream it had begun broke off (the status said 200)
         self.usage: Usage | None = None  # what the answer used, once the proxy knows (orchestrator/usage.py)
         self.granted = time.monotonic()  # for GPU-seconds: how long the request held the service
         self._slot = slot  # the semaphore it took (the service may get a new one)

@@ -245,6 +245,13 @@ def _depth(value: Any) -> int:
     return deepest
 
 
+def _split(reference: str) -> tuple[str, int, int]:
+    """(name, where the name ends, where '@' is or -1) of "name", "name@alias" or "name:version"."""
+    at, colon = reference.find("@"), reference.find(":")
+    cut = min(i for i in (at, colon, len(reference)) if i >= 0)
+    return reference[:cut], cut, at
+
+
 def _public(record: dict[str, Any]) -> dict[str, Any]:
     # A copy: the caller may change what it gets without changing the cache.
     return copy.deepcopy(record)
@@ -302,6 +309,10 @@ class VersionStore:
                 return [{k: v for k, v in model.versions[version].items() if k != "metadata"} for version in ordered]
             return [_public(model.versions[version]) for version in ordered]
 
+    def has(self, name: str) -> bool:
+        """Whether name is a registered model (memory only, no lock: the request path asks)."""
+        return name in self._models
+
     def names(self) -> list[str]:
         with self._lock:
             return sorted(self._models)
@@ -320,9 +331,7 @@ class VersionStore:
         a registered model (the caller then tries models.yaml); RegistryError 404
         when it is but the alias or version is not. On the request path: reads
         the in-memory cache only, never sqlite, and takes no lock."""
-        at, colon = reference.find("@"), reference.find(":")
-        cut = min(i for i in (at, colon, len(reference)) if i >= 0)
-        name = reference[:cut]
+        name, cut, at = _split(reference)
         model = self._models.get(name)
         if model is None:
             return None
@@ -339,6 +348,21 @@ class VersionStore:
             if version is None:
                 raise RegistryError(404, "version_not_found", f"model {name!r} has no version {wanted!r}", "model")
         return name, version, model.versions[version]["model"]
+
+    def alias_used(self, reference: str) -> tuple[str, str] | None:
+        """(name, alias) when reference reaches a registered model through a set
+        alias: "name@alias", or plain "name" while its production alias is set.
+        None for a version number, the computed latest, or an unknown name. On the
+        request path (experiments steer by it): memory only, no lock."""
+        name, cut, at = _split(reference)
+        model = self._models.get(name)
+        if model is None:
+            return None
+        if cut == len(reference):
+            return (name, PRODUCTION) if PRODUCTION in model.aliases else None
+        if cut == at and reference[cut + 1:] in model.aliases:
+            return name, reference[cut + 1:]
+        return None
 
     def lineage(self, name: str, version: str) -> list[str]:
         """The version, its parent, the parent's parent ... back to a version with

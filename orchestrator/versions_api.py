@@ -37,12 +37,12 @@ def _store(request: Request) -> VersionStore:
     return request.app.state.versions  # type: ignore[no-any-return]
 
 
-def _actor(request: Request) -> str | None:
+def actor_of(request: Request) -> str | None:
     principal = getattr(request.state, "principal", None)
     return principal.name if principal is not None else None
 
 
-def _require_use(request: Request, model_id: str) -> None:
+def require_use(request: Request, model_id: str) -> None:
     """A key limited to some models may point versions and aliases only at those (else it
     could reach any model through a name it lists)."""
     principal = getattr(request.state, "principal", None)
@@ -75,13 +75,13 @@ def build_versions_router() -> APIRouter:
         if model_id is None:
             raise ServiceError(400, f"models.yaml has no model '{body.model}' to serve this version",
                                code="unknown_model", param="model")
-        _require_use(request, model_id)
+        require_use(request, model_id)
         if registry.adapters is not None and registry.adapters.get(name) is not None:
             raise ServiceError(409, f"'{name}' is a LoRA adapter's name; register versions under another name",
                                code="name_taken")
         try:
             return _store(request).create_version(name, body.version, model_id, parent=body.parent,
-                                                  metadata=body.metadata, actor=_actor(request))
+                                                  metadata=body.metadata, actor=actor_of(request))
         except RegistryError as exc:
             raise _refused(exc) from None
 
@@ -103,18 +103,20 @@ def build_versions_router() -> APIRouter:
 
     @router.put("/models/{name}/aliases/{alias}")
     async def set_alias(request: Request, name: str, alias: str, body: AliasMove) -> dict[str, Any]:
+        request.app.state.experiments.guard_alias(name, alias)  # a running rollout or A/B test moves it
         target = _store(request).version(name, body.version)
         if target is not None:
-            _require_use(request, target["model"])
+            require_use(request, target["model"])
         try:
-            return _store(request).set_alias(name, alias, body.version, actor=_actor(request))
+            return _store(request).set_alias(name, alias, body.version, actor=actor_of(request))
         except RegistryError as exc:
             raise _refused(exc) from None
 
     @router.delete("/models/{name}/aliases/{alias}")
     async def delete_alias(request: Request, name: str, alias: str) -> dict[str, Any]:
+        request.app.state.experiments.guard_alias(name, alias)
         try:
-            _store(request).delete_alias(name, alias, actor=_actor(request))
+            _store(request).delete_alias(name, alias, actor=actor_of(request))
         except RegistryError as exc:
             raise _refused(exc) from None
         return {"name": name, "alias": alias, "deleted": True}

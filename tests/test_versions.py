@@ -333,6 +333,19 @@ def test_resolve_unknown_names_and_targets(store):
         assert (error.status, error.code) == (404, code), reference
 
 
+def test_alias_used_names_the_alias_a_request_goes_through(store):
+    # Experiments sit on an alias: they steer the requests this says go through it, and no others.
+    store.create_version("chat", "1.0.0", "chat-v1")
+    store.set_alias("chat", "staging", "1.0.0")
+    assert store.alias_used("chat") is None  # no production yet: plain chat goes through latest
+    store.set_alias("chat", "production", "1.0.0")
+    assert store.alias_used("chat") == ("chat", "production")
+    assert store.alias_used("chat@production") == ("chat", "production")
+    assert store.alias_used("chat@staging") == ("chat", "staging")
+    for reference in ("chat:1.0.0", "chat@latest", "chat@unset", "other", "other@production", "chat-v1"):
+        assert store.alias_used(reference) is None, reference
+
+
 def test_a_name_with_neither_separator_is_looked_up_whole(store):
     store.create_version("chat-v1.2_b", "1.0.0", "served-by")
     store.create_version("org", "1.0.0", "org-model")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -47,6 +48,8 @@ class FakeService(BaseService):
         parser.add_argument("--sleep-ms", type=float, default=0.0, help="time a sleep or a wake takes")
         parser.add_argument("--fail-sleep", action="store_true", help="POST /sleep fails")
         parser.add_argument("--fail-wake", action="store_true", help="POST /wake fails")
+        parser.add_argument("--fail-fraction", type=float, default=0.0,
+                            help="answer this share of completions with 500 (a faulty version, for canaries)")
         parser.add_argument("--gpu-memory-utilization", type=float, default=None,
                             help="like vLLM's: the share of each card it may take (reported in /health)")
 
@@ -132,6 +135,9 @@ class FakeService(BaseService):
 
     async def _answer(self, body: Any, text: str, chat: bool, request: Request | None = None) -> Any:
         self.stats["requests"] += 1
+        if self.options.fail_fraction and random.random() < self.options.fail_fraction:
+            self.stats["failed"] = self.stats.get("failed", 0) + 1
+            raise ServiceError(500, "the model failed (simulated)")
         self.stats["last_fields"] = sorted(body.model_fields_set | set(body.model_extra or {}))
         model = body.model
         # A test may ask one request to take longer: {"fake_delay_ms": N} in the body.
