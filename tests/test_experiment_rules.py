@@ -76,15 +76,11 @@ def answer(experiments: Experiments, target: Rollout | AbTest, version: str, tim
 
 
 def raises_service_error(call: Any, status: int, code: str) -> ServiceError:
-    """call() raises ServiceError status with code; "*_not_found" takes any code ending so (the A/B test's
-    own not-found code is not settled: experiment_not_found today, where rollouts have rollout_not_found)."""
+    """call() raises ServiceError status with code."""
     with pytest.raises(ServiceError) as caught:
         call()
     error = caught.value
-    if code == "*_not_found":
-        assert error.status == status and str(error.code).endswith("_not_found"), (error.status, error.code)
-    else:
-        assert (error.status, error.code) == (status, code), error
+    assert (error.status, error.code) == (status, code), error
     return error
 
 
@@ -527,7 +523,8 @@ def test_control_pause_resume_abort_a_rollout(experiments: Experiments) -> None:
                              "experiment_ended")
     raises_service_error(lambda: experiments.control("rollout_nope", "rollout", "pause", "alice"), 404,
                          "rollout_not_found")
-    raises_service_error(lambda: experiments.control(rollout.id, "ab", "stop", "alice"), 404, "*_not_found")
+    raises_service_error(lambda: experiments.control(rollout.id, "ab", "stop", "alice"), 404,
+                         "experiment_not_found")
 
 
 def test_control_stops_an_ab_test_promoting_a_variant_only(experiments: Experiments,
@@ -547,7 +544,8 @@ def test_control_stops_an_ab_test_promoting_a_variant_only(experiments: Experime
     assert versions.aliases("chat")["production"] == CANARY
     assert versions.history("chat", limit=1)[0]["actor"] == "bob"
     raises_service_error(lambda: experiments.control(test_id, "ab", "stop", "bob"), 409, "experiment_ended")
-    raises_service_error(lambda: experiments.control("ab_nope", "ab", "stop", "bob"), 404, "*_not_found")
+    raises_service_error(lambda: experiments.control("ab_nope", "ab", "stop", "bob"), 404,
+                         "experiment_not_found")
 
 
 def test_tick_promotes_an_auto_promote_ab_winner(experiments: Experiments, versions: VersionStore) -> None:
@@ -564,3 +562,18 @@ def test_tick_promotes_an_auto_promote_ab_winner(experiments: Experiments, versi
     assert test.status == "concluded"
     assert versions.aliases("chat")["production"] == CANARY
     assert versions.history("chat", limit=1)[0]["actor"] == f"ab {test.id}"
+
+
+def test_feedback_memory_is_bounded_and_keys_may_reuse_request_ids(experiments: Experiments,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # The memory behind feedback holds the newest answers only (it is kept for every request).
+    monkeypatch.setattr("orchestrator.experiments.controller.REMEMBERED_REQUESTS", 3)
+    for number in range(4):
+        experiments.finished(None, f"req-{number}", "key-a", "chat-v1", 200, 0.1, 1)
+    assert len(experiments.answered) == 3 and "req-0" not in experiments.last_owner
+    raises_service_error(lambda: experiments.feedback("req-0", 1.0, None, "key-a", False), 404, "request_not_found")
+    # Two keys choosing the same X-Request-ID are two answers: each rates its own.
+    experiments.finished(None, "shared", "key-a", "chat-v1", 200, 0.1, 1)
+    experiments.finished(None, "shared", "key-b", "chat-v2", 200, 0.1, 1)
+    assert experiments.feedback("shared", 1.0, None, "key-a", False)["model"] == "chat-v1"
+    assert experiments.feedback("shared", 0.0, None, "key-b", False)["model"] == "chat-v2"
