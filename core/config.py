@@ -33,6 +33,7 @@ ENGINE_TYPES = {
 BUILTIN_PLACEHOLDERS = (
     "PORT",
     "MODEL_ID",
+    "SERVICE_ID",  # MODEL_ID, or chat~2 for a further local replica (replicas.local): paths of its own
     "MODEL_PATH",
     "STATE_DIR",
     "ROOT",

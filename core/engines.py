@@ -16,7 +16,7 @@ from pathlib import Path
 
 from core.config import ROOT_DIR, Config, ModelConfig, expand
 from core.errors import ServiceError
-from core.process import INSTANCE_ENV, PARENT_ENV, LaunchSpec
+from core.process import INSTANCE_ENV, PARENT_ENV, SERVICE_ID_ENV, LaunchSpec
 
 
 @dataclass(frozen=True)
@@ -92,11 +92,13 @@ def lora_args(model: ModelConfig) -> dict[str, str | int | float | bool]:
 
 
 def placeholder_values(
-    model_id: str, model: ModelConfig, port: int, config: Config, gpus: GpuAssignment | None = None
+    model_id: str, model: ModelConfig, port: int, config: Config, gpus: GpuAssignment | None = None,
+    service_id: str | None = None,
 ) -> dict[str, str]:
     values = {
         "PORT": str(port),
         "MODEL_ID": model_id,
+        "SERVICE_ID": service_id or model_id,
         "STATE_DIR": str(config.state_path()),
         "ROOT": str(ROOT_DIR),
         "PYTHON": sys.executable,
@@ -113,15 +115,18 @@ def launch_spec(
     config: Config,
     instance: str,
     gpus: GpuAssignment | None = None,
+    service_id: str | None = None,
 ) -> LaunchSpec:
     """The command line and environment that start model_id on port, on the
     GPUs it was placed on (gpus None: the host has no GPU inventory, so the
-    environment's CUDA_VISIBLE_DEVICES is left as it is).
+    environment's CUDA_VISIBLE_DEVICES is left as it is). service_id: the
+    scheduler's name for it when that is not model_id (a further local
+    replica, chat~2): its log file is named after it.
 
     Raises ServiceError(503) naming the fix when the engine's environment or
     the model's files are missing, before anything is spawned.
     """
-    values = placeholder_values(model_id, model, port, config, gpus)
+    values = placeholder_values(model_id, model, port, config, gpus, service_id)
     env = dict(os.environ)
     env.update({key: expand(value, values) for key, value in model.env.items()})
     # Set below from the placement, never inherited or configured.
@@ -141,6 +146,7 @@ def launch_spec(
         {
             "PORT": str(port),
             "MODEL_ID": model_id,
+            SERVICE_ID_ENV: service_id or model_id,  # chat~2 for a further local replica of chat
             # Where generated files go; the orchestrator serves them under signed URLs.
             "MODELYARD_FILES_DIR": str(config.state_path() / "files"),
             INSTANCE_ENV: instance,
@@ -148,7 +154,7 @@ def launch_spec(
             "PYTHONUNBUFFERED": "1",
         }
     )
-    log_path = service_log_path(config, model_id)
+    log_path = service_log_path(config, service_id or model_id)
     grace = str(config.settings.shutdown_grace)
 
     if model.engine == "command":
@@ -195,8 +201,8 @@ def launch_spec(
 
 
 def service_log_path(config: Config, model_id: str) -> Path:
-    """Where a service's output goes (rotated as .log.1, .log.2 ...)."""
-    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in model_id)
+    """Where a service's output goes (rotated as .log.1, .log.2 ...); model_id: its service id (chat~2)."""
+    safe = "".join(c if c.isalnum() or c in "._-~" else "_" for c in model_id)
     return config.state_path() / "logs" / f"{safe}.log"
 
 

@@ -38,6 +38,7 @@ log = logging.getLogger("modelyard.process")
 
 INSTANCE_ENV = "MODELYARD_INSTANCE"
 PARENT_ENV = "MODELYARD_PARENT_PID"
+SERVICE_ID_ENV = "MODELYARD_SERVICE_ID"  # the scheduler's id of the service: chat, or chat~2 for a replica
 LOG_MAX_BYTES = 10 * 1024 * 1024
 LOG_BACKUPS = 3
 _PR_SET_PDEATHSIG = 1

@@ -6,12 +6,39 @@ spreads requests over those and the local service (orchestrator/routing/).
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 PEER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+LOCAL = "local"  # the name of a model's first local service in /admin/replicas
+# Separates a model's id from its local service's number (chat~2). Model ids
+# cannot hold it (core/config.py MODEL_NAME), and URLs need not escape it.
+SERVICE_NUMBER = "~"
+MAX_LOCAL = 16
+LOCAL_SCHEMA = {
+    "anyOf": [{"type": "boolean"}, {"type": "integer", "minimum": 0, "maximum": MAX_LOCAL}],
+    "description": "Local services of this model that serve as replicas: true (1), false (0: only the peers serve), "
+    "or a number, e.g. one per GPU; no two of them share a GPU.",
+}
+
+
+def local_service_ids(model_id: str, count: int) -> list[str]:
+    """The scheduler's services of a model with `count` local replicas: the
+    first is the model's own id (what a model without replicas has), the
+    others chat~2, chat~3 ... Always at least the first."""
+    return [model_id] + [f"{model_id}{SERVICE_NUMBER}{n}" for n in range(2, count + 1)]
+
+
+def model_id_of(service_id: str) -> str:
+    """The model a service serves: chat~2 -> chat, chat -> chat."""
+    return service_id.split(SERVICE_NUMBER, 1)[0]
+
+
+def local_replica_name(number: int) -> str:
+    """The name /admin/replicas gives local service `number` (1-based): local, local-2 ..."""
+    return LOCAL if number == 1 else f"{LOCAL}-{number}"
 
 
 class _Strict(BaseModel):
@@ -32,8 +59,9 @@ class PeerConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, name: str) -> str:
-        if not PEER_NAME.match(name) or name == "local":
-            raise ValueError(f"peer name {name!r} must match {PEER_NAME.pattern} and not be 'local'")
+        if not PEER_NAME.match(name) or re.fullmatch(rf"{LOCAL}(-[0-9]+)?", name):
+            raise ValueError(f"peer name {name!r} must match {PEER_NAME.pattern} and not be 'local' or 'local-N' "
+                             "(the local services' names)")
         return name
 
     @field_validator("url")
@@ -98,12 +126,22 @@ class ReplicasConfig(_Strict):
         "user", description="consistent_hash: the request's `user` field (else the API key), or the API key.")
     load_factor: float = Field(1.25, ge=1.0, le=10.0,
                                description="consistent_hash: a replica takes at most this times the mean load.")
-    local: bool = Field(True, description="The local service is a replica; false: only the peers serve.")
-    local_weight: float = Field(1.0, gt=0, le=1000, description="The local service's share under 'weighted'.")
+    local: Annotated[int, WithJsonSchema(LOCAL_SCHEMA)] = Field(1, ge=0, le=MAX_LOCAL, strict=True,
+                                                                description=LOCAL_SCHEMA["description"])
+    local_weight: float = Field(1.0, gt=0, le=1000, description="Each local service's share under 'weighted'.")
     peers: list[PeerConfig] = Field(default_factory=list, max_length=64)
     health: HealthCheckConfig = Field(default_factory=HealthCheckConfig)  # type: ignore[arg-type]
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)  # type: ignore[arg-type]
     attempts: int = Field(2, ge=1, le=5, description="Replicas tried per request, before any byte went back.")
+
+    @field_validator("local", mode="before")
+    @classmethod
+    def _local_flag(cls, local: object) -> object:
+        return int(local) if isinstance(local, bool) else local  # true: the one local service; false: none
+
+    @property
+    def local_count(self) -> int:
+        return self.local
 
     @model_validator(mode="after")
     def _some_replica(self) -> ReplicasConfig:

@@ -37,6 +37,7 @@ def describe(service: Service) -> dict[str, Any]:
     process = service.process
     return {
         "id": service.id,
+        "model": service.model_id,  # the same but for a model's further local replicas (chat~2 serves chat)
         "engine": service.config.engine,
         "type": service.config.type,
         "state": service.state.value,

@@ -56,6 +56,7 @@ from orchestrator.registry import Registry
 from orchestrator.request_log import RequestLog
 from orchestrator.routing.router import Router
 from orchestrator.scheduler import Scheduler
+from orchestrator.service import State
 from orchestrator.siblings import Sibling
 from orchestrator.simulator_api import build_simulator_router, orchestrator_url, simulator_principal
 from orchestrator.tracing import Tracing
@@ -104,7 +105,8 @@ def create_app(
     scheduler = Scheduler(
         config,
         # scheduler.config: the configuration of now, after any reload
-        lambda model_id, model, port, gpus: launch_spec(model_id, model, port, scheduler.config, instance, gpus),
+        lambda model_id, model, port, gpus, service_id: launch_spec(model_id, model, port, scheduler.config,
+                                                                     instance, gpus, service_id),
         inventory,
         footprints,
         SchedulerMetrics(metrics_registry),
@@ -113,7 +115,7 @@ def create_app(
     metrics_registry.register(ExperimentsCollector(experiments))
     tracing = Tracing(config.settings.tracing)
     proxy = Proxy(config.settings.upstream_timeout, tracing)
-    router = Router.of(config, proxy)  # models.yaml `replicas:` (orchestrator/routing/)
+    router = Router.of(config, proxy, scheduler)  # models.yaml `replicas:` (orchestrator/routing/)
     drift, feed = drift_monitor(config, instance, registry, scheduler, proxy, metrics_registry)
     simulator, simulator_token = simulator_service(config, instance, scheduler, config_path,
                                                    listen or (config.settings.host, config.settings.port))
@@ -197,6 +199,9 @@ def create_app(
             if not shown(model_id):
                 continue
             service = scheduler.services[model_id]
+            # With local replicas (chat~2 ...): ready when any of them is.
+            ready = model.replicas is not None and model.replicas.local_count > 1 and any(
+                s.model_id == model_id and s.state is State.READY for s in scheduler.services.values())
             data.append(
                 {
                     "id": model_id,
@@ -205,7 +210,7 @@ def create_app(
                     "owned_by": "modelyard",
                     "type": model.type,
                     "aliases": model.aliases,
-                    "state": service.state.value,
+                    "state": State.READY.value if ready else service.state.value,
                 }
             )
         for name in versions.names():  # registered models: their versions this caller may use

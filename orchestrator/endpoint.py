@@ -348,13 +348,15 @@ class OpenAIEndpoint:
                     body = orjson.dumps(payload)
                 seconds = None if keep_alive is None else parse_keep_alive(keep_alive)
                 replicas = self.router.replicas_of(target.model_id) if self.router and target.adapter is None else None
-                if replicas is not None and forwarded(scope["headers"]):
-                    # Another appliance's router sent it here: serve it ourselves, never send it on
-                    # (appliances that list each other as peers would pass it back and forth).
+                # Another appliance's router sent it here: serve it ourselves (on any local replica), never
+                # send it on (appliances that list each other as peers would pass it back and forth).
+                from_peer = replicas is not None and forwarded(scope["headers"])
+                if replicas is not None and from_peer:
                     if not replicas.config.local:
                         raise ServiceError(508, f"model '{target.model_id}' is served here only by peers (local: "
                                            "false), and this request came from a peer", code="loop_detected")
-                    replicas = None
+                    if replicas.config.local_count == 1:
+                        replicas = None
                 if replicas is not None:  # models.yaml `replicas:`: the router picks where it runs
                     assert self.router is not None
                     routed = Routed()
@@ -364,8 +366,9 @@ class OpenAIEndpoint:
                                 replicas, routed, route=route, payload=payload, upstream_name=target.upstream,
                                 request_id=request_id, began=began, send=send,
                                 transform=None if capture is not None else self._answer_transform(scope),
-                                meter=meter, acquire_local=lambda: self._acquire(target, seconds),
-                                key=hash_key(replicas.config.hash_on, payload, principal))
+                                meter=meter,
+                                acquire_local=lambda service_id: self._acquire(target, seconds, service_id),
+                                key=hash_key(replicas.config.hash_on, payload, principal), local_only=from_peer)
                     finally:
                         lease = routed.lease  # the answer the client got: for accounting and cancellation
                     return
@@ -471,9 +474,10 @@ class OpenAIEndpoint:
         except Exception:  # noqa: BLE001 - accounting must not turn an answer into an error
             log.exception("counting the usage of a request to %s failed", target.model_id)
 
-    async def _acquire(self, target: Target, keep_alive: float | None) -> Lease:
-        """A lease on the target's service, with the target's adapter loaded in it."""
-        lease = await self.scheduler.acquire(target.model_id, keep_alive)
+    async def _acquire(self, target: Target, keep_alive: float | None, service_id: str | None = None) -> Lease:
+        """A lease on the target's service (or on service_id, one of its local replicas), with the
+        target's adapter loaded in it."""
+        lease = await self.scheduler.acquire(service_id or target.model_id, keep_alive)
         if target.adapter is not None and self.registry.adapters is not None:
             try:
                 await self.registry.adapters.ensure_loaded(lease.service, target.adapter)

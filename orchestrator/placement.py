@@ -7,7 +7,8 @@ victims, then reserve the pools and start the service.
 
 The rules, in order:
 1. A service that needs N GPUs gets N distinct GPUs, its memory split evenly
-   across them; a service that needs none goes in host memory.
+   across them; a service that needs none goes in host memory. A model's
+   local replicas never share a GPU (Need.avoid).
 2. If some set of pools has room now, take the best fit: the one that leaves
    the least memory free, so large holes stay free for large models. A
    service of unknown size (0 GB) goes where the most memory is free.
@@ -59,6 +60,7 @@ class Need:
     memory_gb: float
     gpus: int  # 0: host memory, else that many GPUs (tensor parallel)
     only: tuple[str, ...] | None = None  # these pools and no others (a service waking where it slept)
+    avoid: frozenset[str] = frozenset()  # GPUs it must not share (its model's other replicas are there)
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,7 @@ def _candidate_sets(need: Need, pools: Sequence[Pool]) -> Iterable[tuple[str, ..
         return [need.only] if all(any(p.name == n for p in pools) for n in need.only) else []
     if need.gpus == 0:
         return [(HOST,)] if any(p.name == HOST for p in pools) else []
-    gpus = [p.name for p in pools if p.gpu_index is not None]
+    gpus = [p.name for p in pools if p.gpu_index is not None and p.name not in need.avoid]
     return itertools.combinations(gpus, need.gpus)
 
 

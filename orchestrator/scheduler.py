@@ -43,6 +43,7 @@ from core.errors import ServiceError
 from core.gpu import GIB, Inventory
 from core.logs import log_event
 from core.process import LaunchSpec, ServiceProcess, StartupError, free_port
+from core.replica_config import local_service_ids, model_id_of
 from orchestrator.footprints import Footprints, fingerprint
 from orchestrator.metrics import SchedulerMetrics
 from orchestrator.placement import HOST, Holder, Need, Placement, Pool, Unplaceable, place
@@ -63,7 +64,8 @@ HEAT_HALF_LIFE = 60.0
 PRIORITY_WEIGHT = 1e6
 # Host memory services on the CPU may use when settings.memory_budget_gb is unset.
 DEFAULT_HOST_SHARE = 0.9
-Launcher = Callable[[str, ModelConfig, int, "GpuAssignment | None"], LaunchSpec]
+# (model id, its config, port, GPUs, service id): the service id differs from the model's for replicas (chat~2).
+Launcher = Callable[[str, ModelConfig, int, "GpuAssignment | None", str], LaunchSpec]
 Observer = Callable[[Service, State, State], None]
 # Fields whose change makes a reload restart a running service; others apply in place.
 RESTART_FIELDS = ("engine", "model", "cmd", "args", "env", "gpus", "health_path", "type", "sleep")
@@ -90,7 +92,8 @@ class Scheduler:
         self.sizing = Sizing(self.inventory, footprints)
         self.metrics = metrics
         self.observers: list[Observer] = [metrics.transition] if metrics else []  # on every state change
-        self.services = {model_id: self._new_service(model_id, model) for model_id, model in config.models.items()}
+        self.services = {service_id: self._new_service(service_id, config.models[model_id])
+                         for service_id, model_id in services_of(config).items()}
         self._retired: set[Service] = set()  # replaced by a reload, still holding memory
         self._placement = asyncio.Lock()
         self._changed = asyncio.Condition()
@@ -101,8 +104,8 @@ class Scheduler:
         self._waiting = 0  # coroutines waiting on _changed; no notify work without them
         self.closing = False
 
-    def _new_service(self, model_id: str, model: ModelConfig) -> Service:
-        service = Service(model_id, model)
+    def _new_service(self, service_id: str, model: ModelConfig) -> Service:
+        service = Service(service_id, model, model_id=model_id_of(service_id))
         wanted = model.gpus
         service.gpus = wanted if wanted is not None else int(bool(self.inventory.gpus) and model.type != "service")
         service.fingerprint = fingerprint(model, service.gpus)
@@ -116,7 +119,21 @@ class Scheduler:
 
     # --- lifecycle ----------------------------------------------------------
 
+    def replica_warnings(self) -> list[str]:
+        """Models asking for more local replicas (replicas.local) than this host's GPUs can hold apart."""
+        gpus = len(self.inventory.gpus)
+        warnings = []
+        for model_id, model in self.config.models.items():
+            replicas, each = (model.replicas.local_count if model.replicas else 1), self.services[model_id].gpus
+            if replicas > 1 and gpus and each and replicas * each > gpus:
+                warnings.append(f"model '{model_id}' asks for {replicas} local replicas of {each} GPU"
+                                f"{'s' if each > 1 else ''} each; this host has {gpus} GPUs, so "
+                                f"{replicas - gpus // each} of them can never start")
+        return warnings
+
     async def start(self) -> None:
+        for warning in self.replica_warnings():
+            log_event(log, "too many local replicas", logging.WARNING, reason=warning)
         self._session = aiohttp.ClientSession()
         self._idle_unloader = asyncio.create_task(self._unload_idle_forever())
         preload = sorted((s for s in self.services.values() if s.config.preload), key=lambda s: -s.config.priority)
@@ -275,6 +292,11 @@ class Scheduler:
             retry_after=wait or 1,
         )
 
+    def running(self, service_id: str) -> bool:
+        """Whether service_id is ready to answer now (the router passes over local replicas that are not)."""
+        service = self.services.get(service_id)
+        return service is not None and service.state is State.READY
+
     # --- loading and placement ---------------------------------------------
 
     async def load(self, model_id: str) -> Service:
@@ -301,7 +323,7 @@ class Scheduler:
         process: ServiceProcess | None = None
         try:
             service.port = free_port()
-            spec = self.launcher(service.id, service.config, service.port, service.assignment)
+            spec = self.launcher(service.model_id, service.config, service.port, service.assignment, service.id)
             process = ServiceProcess(service.id, spec)
             service.process = process
             process.start()
@@ -438,7 +460,7 @@ class Scheduler:
     def _group_conflicts(self, service: Service) -> list[Service]:
         """Services on GPUs or starting that service's group rules (llama-swap's
         swap / exclusive / persistent) say must go before it starts."""
-        mine = self.config.group_of(service.id)
+        mine = self.config.group_of(service.model_id)
         if mine is None:
             return []
         name, group = mine
@@ -446,7 +468,9 @@ class Scheduler:
         for other in self.memory_holders():
             if other is service or other.state is State.ASLEEP:  # asleep: not running, holds no GPU
                 continue
-            theirs = self.config.group_of(other.id)
+            if other.model_id == service.model_id and not _needs_restart(other.config, service.config):
+                continue  # its own local replicas, even retired ones: one member (another version still counts)
+            theirs = self.config.group_of(other.model_id)
             if theirs is not None and theirs[0] == name:
                 clash = group.swap
             else:  # pinned models outside the group are never evicted for it
@@ -483,24 +507,49 @@ class Scheduler:
     ) -> Placement | None:
         """Where service would go now, and whom it would evict (placement.place);
         None: wait for busy services. With drain, busy ready services count as
-        evictable (whom to drain). Raises 507 when it can never fit."""
+        evictable (whom to drain). Raises 507 when it can never fit, 503 when
+        a local replica does not fit beside its model's other replicas."""
         now = time.monotonic()
+        # A model's other local replicas are never stopped for it (nor drained): they count as pinned here.
+        siblings = {s.id for s in self.memory_holders() if s is not service and s.model_id == service.model_id
+                    and not s.retired}
         holders = [
             Holder(
                 s.id,
                 s.placement.reservation,
-                evictable=(s.state in (State.READY, State.ASLEEP) and not s.config.pinned and not s.retired)
-                if drain else s.evictable() and not s.retired,
-                pinned=s.config.pinned,
+                evictable=((s.state in (State.READY, State.ASLEEP) and not s.config.pinned and not s.retired)
+                           if drain else s.evictable() and not s.retired) and s.id not in siblings,
+                pinned=s.config.pinned or s.id in siblings,
                 cost=self.eviction_cost(s, now),
             )
             for s in self.memory_holders()
             if s is not service and s.placement is not None
         ]
+        avoid = self._replica_gpus(service) if only is None else frozenset()
         try:
-            return place(Need(service.id, need_gb, service.gpus, only), self.pools, holders)
+            return place(Need(service.id, need_gb, service.gpus, only, avoid), self.pools, holders)
         except Unplaceable as exc:
+            if siblings:
+                raise _no_room_for_replica(service, f"it does not fit beside them ({exc})") from None
             raise ServiceError(507, str(exc), code="insufficient_memory") from None
+
+    def _replica_gpus(self, service: Service) -> frozenset[str]:
+        """The GPUs the other local replicas of service's model hold (or will
+        wake on): never its own, so that replicas spread over the GPUs. Raises
+        503 when too few GPUs are left for it."""
+        taken: set[str] = set()
+        for other in self.memory_holders():
+            if other is service or other.model_id != service.model_id or other.retired:
+                continue
+            for placement in (other.placement, other.home):
+                taken.update(name for name in (placement.pools if placement else ()) if name != HOST)
+        gpus = [p.name for p in self.pools if p.gpu_index is not None]
+        if taken and service.gpus and len([g for g in gpus if g not in taken]) < service.gpus:
+            raise _no_room_for_replica(
+                service, f"it needs {service.gpus} GPU{'s' if service.gpus > 1 else ''} they do not use, and they hold "
+                f"{', '.join(sorted(taken))} of this host's {len(gpus)} (replicas.local asks for more replicas than "
+                "the GPUs allow)")
+        return frozenset(taken)
 
     def eviction_cost(self, service: Service, now: float) -> float:
         """Expected seconds lost by stopping service now (see SWAP_SECONDS)."""
@@ -776,22 +825,29 @@ class Scheduler:
         removed = [m for m in old if m not in new]
         changed = [m for m in new if m in old and new[m] != old[m]]
         restarted = [m for m in changed if _needs_restart(old[m], new[m])]
+        # Per service: a model's local replicas (replicas.local) come and go with its count.
+        old_services, new_services = services_of(self.config), services_of(config)
         self.config = config
         self.settings = config.settings
         self.pools = memory_pools(config, self.inventory)
-        for model_id in added:
-            self.services[model_id] = self._new_service(model_id, new[model_id])
-        for model_id in changed:
-            if model_id not in restarted:
-                service = self.services[model_id]
+        for service_id, model_id in new_services.items():
+            if service_id not in old_services:
+                self.services[service_id] = self._new_service(service_id, new[model_id])
+        for service_id, model_id in old_services.items():
+            if model_id in changed and model_id not in restarted and service_id in new_services:
+                service = self.services[service_id]
                 service.config = new[model_id]  # read live; memory_gb counts from its next start
                 if old[model_id].max_concurrency != new[model_id].max_concurrency:
                     service.set_concurrency()
-        draining = [self.services[m] for m in removed + restarted]
+        draining = [self.services[service_id] for service_id, model_id in old_services.items()
+                    if service_id not in new_services or model_id in restarted]
         for service in draining:
             service.retired = True
             service.gate.close("reload")
-        await asyncio.gather(*(self._replace(service, new.get(service.id), drain) for service in draining))
+        await asyncio.gather(*(self._replace(service, new.get(service.model_id) if service.id in new_services
+                                             else None, drain) for service in draining))
+        for warning in self.replica_warnings():
+            log_event(log, "too many local replicas", logging.WARNING, reason=warning)
         updated = [m for m in changed if m not in restarted]
         return {"added": added, "removed": removed, "changed": restarted, "updated": updated}
 
@@ -814,7 +870,7 @@ class Scheduler:
                 self.services.pop(service.id, None)
             else:
                 self.services[service.id] = self._new_service(service.id, model)
-            self.sizing.forget(service.id)
+            self.sizing.forget(service.model_id)
             service.gate.open("reload")
             self._notify()
 
@@ -860,6 +916,13 @@ class Scheduler:
         self._spawn(notify())
 
 
+def services_of(config: Config) -> dict[str, str]:
+    """Every service config asks for, service id -> model id: one per model,
+    and one more for each further local replica (replicas.local)."""
+    return {service_id: model_id for model_id, model in config.models.items()
+            for service_id in local_service_ids(model_id, model.replicas.local_count if model.replicas else 1)}
+
+
 def memory_pools(config: Config, inventory: Inventory) -> list[Pool]:
     """The host's RAM and each GPU, with what services may reserve on each."""
     ram_gb = psutil.virtual_memory().total / GIB
@@ -869,6 +932,12 @@ def memory_pools(config: Config, inventory: Inventory) -> list[Pool]:
         budget = max(0.0, gpu.total_gb - config.settings.gpu_reserve_gb)
         pools.append(Pool(f"gpu{gpu.index}", budget, gpu.total_gb, gpu.index, gpu.name))
     return pools
+
+
+def _no_room_for_replica(service: Service, why: str) -> ServiceError:
+    return ServiceError(503, f"local replica '{service.id}' of model '{service.model_id}' cannot start without taking "
+                        f"the place of its other replicas, which it never evicts: {why}", code="no_room_for_replica",
+                        retry_after=5)
 
 
 def _merged(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:

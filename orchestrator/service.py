@@ -61,8 +61,9 @@ class Gate:
 
 @dataclass(eq=False)  # compared and hashed by identity: a reload may make two of one id
 class Service:
-    id: str
+    id: str  # the model's id, or chat~2 for a model's further local replica (core/replica_config.py)
     config: ModelConfig
+    model_id: str = ""  # the models.yaml entry it serves (set from id when not given)
     state: State = State.STOPPED
     process: ServiceProcess | None = None
     port: int | None = None
@@ -100,6 +101,7 @@ class Service:
     lora_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
+        self.model_id = self.model_id or self.id
         self.stopped.set()
         self.set_concurrency()
 

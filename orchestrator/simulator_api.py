@@ -15,6 +15,7 @@ import json
 
 from fastapi import APIRouter, Request
 
+from core.errors import ServiceError
 from orchestrator.auth import Principal
 from orchestrator.sibling_api import build_sibling_router
 
@@ -33,16 +34,22 @@ def simulator_principal() -> Principal:
 async def _may_benchmark(request: Request, path: str, body: bytes) -> None:
     if request.method != "POST" or path.rstrip("/") != "benchmarks":
         return
-    principal: Principal | None = getattr(request.state, "principal", None)
-    if principal is None or principal.models is None:
-        return  # auth is off, or the key may use every model
     try:
         model = json.loads(body or b"{}").get("model")
     except (ValueError, AttributeError):
         return  # the simulator answers the malformed body with its own 400
-    if isinstance(model, str):
-        registry = request.app.state.registry
-        model_id = registry.canonical(model)
+    if not isinstance(model, str):
+        return
+    registry = request.app.state.registry
+    model_id = registry.canonical(model)
+    configured = request.app.state.scheduler.config.models.get(model_id)
+    if configured is not None and configured.replicas is not None:
+        # Its load would be spread over the replicas, and recorded as one deployment's figures.
+        raise ServiceError(409, f"model '{model_id}' has replicas (models.yaml `replicas:`): a benchmark through "
+                           "/v1 would measure them together; benchmark a model without replicas",
+                           code="model_has_replicas", param="model")
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is not None and principal.models is not None:  # else auth is off, or the key may use every model
         principal.require_model(model, model_id, None, registry.canonical)
 
 

@@ -50,14 +50,14 @@ class Sizing:
         if service.config.memory_gb is not None:
             service.need_source = "config"
             return service.config.memory_gb
-        footprint = self.footprints.get(service.id, service.fingerprint) if self.footprints else None
+        footprint = self.footprints.get(service.model_id, service.fingerprint) if self.footprints else None
         if footprint is not None and footprint.on_gpu == bool(service.gpus):
             service.need_source = "measured"
             return footprint.memory_gb
-        if service.id not in self._estimates:
+        if service.model_id not in self._estimates:  # one estimate for all its local replicas
             # Reads weight-file headers: off the event loop.
-            self._estimates[service.id] = await asyncio.to_thread(self._estimate, service, config)
-        estimate = self._estimates[service.id]
+            self._estimates[service.model_id] = await asyncio.to_thread(self._estimate, service, config)
+        estimate = self._estimates[service.model_id]
         if estimate is not None:
             service.need_source = "estimate"
             return estimate
@@ -71,7 +71,7 @@ class Sizing:
     def _estimate(self, service: "Service", config: Config) -> float | None:
         model = service.config
         try:
-            path = placeholder_values(service.id, model, 0, config)["MODEL_PATH"]
+            path = placeholder_values(service.model_id, model, 0, config)["MODEL_PATH"]
             if not path or "://" in path:
                 return None
             args = model.args
@@ -94,7 +94,7 @@ class Sizing:
     async def follow(self, service: "Service", process: ServiceProcess, still_running: Callable[[], bool]) -> None:
         """Measure a running service every MEASURE_INTERVAL s; keep the peak
         in service.measured_gb and, when it beats the stored one, in sqlite."""
-        stored = self.footprints.get(service.id, service.fingerprint) if self.footprints else None
+        stored = self.footprints.get(service.model_id, service.fingerprint) if self.footprints else None
         best = stored.memory_gb if stored is not None and stored.on_gpu == bool(service.gpus) else 0.0
         first = True
         while still_running():
@@ -108,7 +108,8 @@ class Sizing:
                     if self.footprints is not None and used > best:
                         best = used
                         footprint = Footprint(round(used, 3), bool(service.gpus), service.load_seconds)
-                        await asyncio.to_thread(self.footprints.record, service.id, service.fingerprint, footprint)
+                        await asyncio.to_thread(self.footprints.record, service.model_id, service.fingerprint,
+                                                footprint)
             except Exception:  # noqa: BLE001 - a failed measurement must not stop the service
                 log.exception("measuring %s failed", service.id)
                 return

@@ -112,8 +112,9 @@ def build_ui_router() -> APIRouter:
     @router.get("/services/{model_id:path}")
     async def service_page(request: Request, model_id: str) -> Response:
         context = await service_part(request, model_id)
+        served = known_service(request, model_id).model_id  # a replica's page lists its model's requests
         return page(request, "service.html", {**context, **await logs_part(request, model_id),
-                                              **await requests_part(request, model_id)})
+                                              **await requests_part(request, served)})
 
     @router.get("/playground")
     async def playground(request: Request) -> Response:
@@ -186,12 +187,12 @@ async def requests_part(request: Request, model: str | None) -> dict[str, Any]:
 
 
 def known_service(request: Request, model_id: str) -> Any:
-    """The service of model_id; 404 alike for an unknown one and one the key may not use
-    (a key limited to some models learns nothing of the others)."""
+    """The service of model_id (or a replica's, chat~2); 404 alike for an unknown one and one
+    the key may not use (a key limited to some models learns nothing of the others)."""
     service = request.app.state.scheduler.services.get(model_id)
     principal = principal_of(request)
     if service is None or (principal is not None and not principal.may_use(
-            model_id, None, request.app.state.registry.canonical)):
+            service.model_id, None, request.app.state.registry.canonical)):
         raise ServiceError(404, f"no model '{model_id}' is configured", code="model_not_found")
     return service
 

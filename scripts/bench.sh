@@ -29,6 +29,11 @@
 #              moving an alias (PUT .../aliases/production) vs GET /health and a
 #              refused request in the same run; chat completions naming
 #              name@production vs the models.yaml id (tests/bench/bench_registry.py)
+#   replicas   local replicas (`replicas: {local: N}`) of a fake model that takes
+#              one request at a time: requests/s of 2 and 4 replicas vs 1 under
+#              8 concurrent clients, and what routing through the router adds at
+#              concurrency 1 vs the same model without replicas
+#              (tests/bench/bench_replicas.py)
 #
 #   scripts/bench.sh                      every suite, with its defaults
 #   scripts/bench.sh proxy [OPTIONS]      [--json results.json] [--scale 0.5] [--only SCENARIO] [--strict]
@@ -42,6 +47,8 @@
 #                                         [--strict]
 #   scripts/bench.sh registry [OPTIONS]   [--json results.json] [--versions N] [--rounds N] [--requests N]
 #                                         [--strict]
+#   scripts/bench.sh replicas [OPTIONS]   [--json results.json] [--clients N] [--requests N] [--rounds N]
+#                                         [--delay-ms MS] [--strict]
 #   scripts/bench.sh --help | SUITE --help
 #
 # The options after a suite word go to that suite's script. Options without a
@@ -67,7 +74,9 @@ suite_script() {
     drift) echo tests/bench/bench_drift.py ;;
     simulator) echo tests/bench/bench_simulator.py ;;
     registry) echo tests/bench/bench_registry.py ;;
-    *) die "unknown benchmark suite '$1' (proxy, scheduler, embeddings, gateway, drift, simulator or registry)" ;;
+    replicas) echo tests/bench/bench_replicas.py ;;
+    *) die "unknown benchmark suite '$1' (proxy, scheduler, embeddings, gateway, drift, simulator, registry" \
+         "or replicas)" ;;
   esac
 }
 
@@ -83,7 +92,7 @@ if [ "$#" -eq 0 ]; then
   [ -x "$ORCH_PY" ] || die "no Python at $ORCH_PY: run ./scripts/install.sh first, or set MODELYARD_BENCH_PYTHON"
   cd "$ROOT"
   status=0
-  for suite in proxy scheduler embeddings gateway drift simulator registry; do
+  for suite in proxy scheduler embeddings gateway drift simulator registry replicas; do
     say "benchmark suite: $suite"
     rc=0
     python="$(suite_python "$suite")"
@@ -94,7 +103,7 @@ if [ "$#" -eq 0 ]; then
       rc=1
     fi
     [ "$status" -ne 0 ] || status=$rc
-    [ "$suite" = registry ] || echo
+    [ "$suite" = replicas ] || echo
   done
   exit "$status"
 fi

@@ -117,3 +117,22 @@ def test_a_need_bound_to_its_pools_goes_there_or_evicts_there():
     holders = [held("a", cost=1, gpu1=70)]
     plan = place(Need("m", 30, 1, only=("gpu1",)), gpus(80, 80), holders)  # gpu0 is free, but not allowed
     assert plan is not None and plan.pools == ("gpu1",) and plan.victims == ("a",)
+
+
+def test_a_replica_avoids_its_siblings_gpus_even_where_it_would_fit_best():
+    holders = [held("chat", evictable=False, gpu0=10)]
+    # Best fit alone would put it beside its sibling on gpu0 (70 GB left there): avoided.
+    plan = place(Need("chat~2", 10, 1, avoid=frozenset({"gpu0"})), gpus(80, 80), holders)
+    assert plan is not None and plan.pools == ("gpu1",)
+
+
+def test_a_replica_evicts_on_another_gpu_than_its_siblings():
+    holders = [held("chat", evictable=False, gpu0=10), held("other", cost=1, gpu1=75)]
+    plan = place(Need("chat~2", 10, 1, avoid=frozenset({"gpu0"})), gpus(80, 80), holders)
+    assert plan is not None and plan.pools == ("gpu1",) and plan.victims == ("other",)
+
+
+def test_a_tensor_parallel_replica_takes_the_gpus_its_siblings_left():
+    holders = [held("tp", evictable=False, gpu0=20, gpu1=20)]
+    plan = place(Need("tp~2", 40, 2, avoid=frozenset({"gpu0", "gpu1"})), gpus(80, 80, 80, 80), holders)
+    assert plan is not None and sorted(plan.pools) == ["gpu2", "gpu3"] and plan.reservation == {"gpu2": 20, "gpu3": 20}

@@ -1,7 +1,9 @@
 """Property-based tests of the scheduler: random interleavings of requests,
 slow completions, crashes (SIGKILL), unloads, loads, sleeps and reloads of
-models.yaml, against real service processes on a simulated 2- and 4-GPU host. After every state change: no GPU
-over its budget, a legal transition, no model started twice at once. At the
+models.yaml, against real service processes on a simulated 2- and 4-GPU host,
+some models with two local replicas. After every state change: no GPU over
+its budget, a legal transition, no two replicas of a model on one GPU, no
+service started twice at once. At the
 end: every request answered (a response, or a documented 429/503/507, or 502
 for a request whose service was killed under it), nothing hung, no process
 left behind, and a model that fails to load was not retried per request."""
@@ -42,6 +44,9 @@ def scenarios(draw: st.DrawFn, gpu_count: int) -> dict[str, Any]:
             "max_queue": draw(st.sampled_from([1, 4, 256])),
             "pinned": draw(st.sampled_from([False, False, False, False, True])),
         }
+        if gpus == 1 and draw(st.booleans()):  # two local replicas, each on a GPU of its own
+            models[f"m{i}"]["replicas"] = {"local": 2, "strategy": draw(st.sampled_from(["round_robin",
+                                                                                           "least_outstanding"]))}
         if draw(st.booleans()):  # the sleep tier: evicted to host memory instead of stopped
             models[f"m{i}"]["sleep"] = {}
             if draw(st.booleans()):
@@ -55,7 +60,8 @@ def scenarios(draw: st.DrawFn, gpu_count: int) -> dict[str, Any]:
         st.tuples(st.just("request"), st.sampled_from(names), st.integers(0, 400), st.booleans()),
         st.tuples(st.just("request"), st.sampled_from(names), st.integers(0, 400), st.booleans()),
         st.tuples(st.just("request"), st.sampled_from(names), st.integers(0, 400), st.booleans()),
-        st.tuples(st.just("crash"), st.sampled_from(names)),
+        # A model's second local replica (m1~2) too, where it has one.
+        st.tuples(st.just("crash"), st.sampled_from(names + [f"{name}~2" for name in names])),
         st.tuples(st.just("unload"), st.sampled_from(names)),
         st.tuples(st.just("load"), st.sampled_from(names)),
         st.tuples(st.just("reload-change"), st.sampled_from(names)),
@@ -184,8 +190,9 @@ async def run_scenario(scenario: dict[str, Any], state_dir: Path) -> None:
         )
         checker = harness.checker
         assert not checker.violations, checker.violations
-        disrupted = {
-            o[1] for o in outcomes if o[0] in ("unload", "reload-change", "reload-drop") or o[2] == "killed"
+        disrupted = {  # by model: a crash of m1~2 disrupts m1's requests
+            o[1].split("~")[0] for o in outcomes
+            if o[0] in ("unload", "reload-change", "reload-drop") or o[2] == "killed"
         }
         dropped = {o[1] for o in outcomes if o[0] == "reload-drop"}
         # Too big for a card, or (with pinned models around) maybe blocked by them.

@@ -130,8 +130,8 @@ class BenchmarkJobs:
                                       headers=headers)
         if answer.status_code != 200:
             raise BenchmarkError(f"the orchestrator did not describe {model_id}: HTTP {answer.status_code}")
-        gpus = answer.json().get("gpus") or []
-        return [int(g) for g in gpus]
+        devices = answer.json().get("cuda_visible_devices") or ""  # "0,1"; "" on the CPU; None without GPUs
+        return [int(index) for index in devices.split(",") if index]
 
     def _retrain(self) -> dict[str, Any]:
         records = shipped_records() + self.store.records()

@@ -1,16 +1,23 @@
-"""Replicas of a model (models.yaml `replicas:`): the local service and peers,
-one picked per request by the model's strategy among those healthy now,
-another tried when the first fails before any byte reached the client.
+"""Replicas of a model (models.yaml `replicas:`): its local services (one,
+or `local: N`, each on GPUs of its own) and peers, one picked per request by
+the model's strategy among those healthy now, another tried when the first
+fails before any byte reached the client.
 
     endpoint._handle -> Router.forward(model) -> pick (strategies.py) among
-    available replicas (health.py) -> local: scheduler lease | peer: its URL
-    and key -> Proxy.forward through an AttemptSend that holds back a
-    retryable failure (retry.py) -> next replica, or the answer
+    available replicas (health.py) -> local: scheduler lease on its service
+    (chat, chat~2 ...) | peer: its URL and key -> Proxy.forward through an
+    AttemptSend that holds back a retryable failure (retry.py) -> next
+    replica, or the answer
 
 Peers are checked actively (GET health_path every health.interval); every
-replica's requests feed its circuit breaker. The local service has no
-active check: the scheduler starts it on demand, and its failures to start
-or answer feed its breaker like a peer's.
+replica's requests feed its circuit breaker. Local services have no active
+check: the scheduler starts each on demand, and its failures to start or
+answer feed its breaker like a peer's.
+
+With several local services (`local: N`), one that is not running is passed
+over while a running replica could take the request; when every running
+one is busy, it is started in the background (Router.warm_up), so that no
+request waits for a load while another replica could answer it.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -30,7 +37,7 @@ import orjson
 from core.config import Config, expand
 from core.errors import ServiceError, error_body
 from core.logs import log_event
-from core.replica_config import PeerConfig, ReplicasConfig
+from core.replica_config import PeerConfig, ReplicasConfig, local_replica_name, local_service_ids
 from orchestrator.proxy import UPSTREAM_ERROR_HEADER, WHILE_ANSWERING, Proxy, send_json
 from orchestrator.routing.health import BreakerSettings, EndpointHealth, HealthSettings, check_forever, safe_reason
 from orchestrator.routing.retry import RETRYABLE_STATUSES, RetryPolicy
@@ -39,20 +46,28 @@ from orchestrator.usage import StreamUsage
 
 log = logging.getLogger("modelyard.router")
 
-LOCAL = "local"
 HOP_HEADER = "x-modelyard-hop"  # on requests one appliance forwards to another (endpoint.py reads it)
 PEER_REFUSED = frozenset({401, 403})  # a peer refusing our key: its problem (or ours), never the client's
 # A peer's answers that are about the peer, not the request: another replica may serve it.
 PEER_RETRYABLE = frozenset({401, 403, 404, 429})
 
 
+class LocalServices(Protocol):
+    """What the router asks of the scheduler about local replicas' services."""
+
+    def running(self, service_id: str) -> bool: ...
+
+    async def load(self, service_id: str) -> Any: ...
+
+
 @dataclass
 class Replica:
-    name: str  # "local" or the peer's name
+    name: str  # "local", "local-2" ... or the peer's name
     endpoint: Endpoint
     health: EndpointHealth
     peer: PeerConfig | None = None
     api_key: str | None = None  # the peer's key, ${ENV} expanded; never logged
+    service_id: str | None = None  # a local one's scheduler service: chat, chat~2 ...
 
 
 @dataclass
@@ -161,9 +176,11 @@ class ModelReplicas:
                                   max_open_seconds=config.breaker.max_open_seconds)
         self.health_settings = health
         self.replicas: dict[str, Replica] = {}
-        if config.local:
-            self.replicas[LOCAL] = Replica(LOCAL, Endpoint(f"{model_id}#{LOCAL}", config.local_weight),
-                                           EndpointHealth(f"{model_id}#{LOCAL}", health, breaker))
+        for number, service_id in enumerate(local_service_ids(model_id, config.local_count)[:config.local_count], 1):
+            name = local_replica_name(number)
+            endpoint_id = f"{model_id}#{name}"
+            self.replicas[name] = Replica(name, Endpoint(endpoint_id, config.local_weight),
+                                          EndpointHealth(endpoint_id, health, breaker), service_id=service_id)
         for peer in config.peers:
             endpoint_id = f"{model_id}#{peer.name}"
             self.replicas[peer.name] = Replica(peer.name, Endpoint(endpoint_id, peer.weight),
@@ -173,11 +190,12 @@ class ModelReplicas:
     def peers(self) -> dict[str, EndpointHealth]:
         return {name: r.health for name, r in self.replicas.items() if r.peer is not None}
 
-    def pick(self, key: str | None, tried: set[str]) -> Replica | None:
-        """The strategy's choice among the available replicas not tried yet; it takes
-        a half-open breaker's probe slot (usable()), or the next choice is made."""
+    def pick(self, key: str | None, tried: set[str], local_only: bool = False) -> Replica | None:
+        """The strategy's choice among the available replicas not tried yet (local_only: no
+        peer); it takes a half-open breaker's probe slot (usable()), or the next choice is made."""
         while True:
-            left = [r for name, r in self.replicas.items() if name not in tried and r.health.available()]
+            left = [r for name, r in self.replicas.items() if name not in tried and r.health.available()
+                    and not (local_only and r.peer is not None)]
             if not left:
                 return None
             by_id = {r.endpoint.id: r for r in left}
@@ -189,13 +207,30 @@ class ModelReplicas:
                 return chosen
             tried = tried | {chosen.name}  # its half-open slot was just taken by another request
 
-    def others_available(self, tried: set[str]) -> bool:
-        return any(name not in tried and r.health.available() for name, r in self.replicas.items())
+    def cold(self, tried: set[str], local_only: bool, running: Callable[[str], bool]) -> tuple[set[str], bool]:
+        """With several local replicas: the names of the available ones whose service is not
+        running, to pass over while a running replica (or a peer) could serve; and whether
+        every one of those is busy (then a cold one should start). When none runs, all but
+        the first cold one: the request waits for that one (chat before chat~2) to start."""
+        if self.config.local_count < 2:
+            return set(), False
+        left = [r for name, r in self.replicas.items() if name not in tried and r.health.available()
+                and not (local_only and r.peer is not None)]
+        cold = [r.name for r in left if r.service_id is not None and not running(r.service_id)]
+        warm = [r for r in left if r.name not in cold]
+        if not warm:
+            return set(cold[1:]), False
+        return set(cold), bool(cold) and all(r.endpoint.outstanding > 0 for r in warm)
+
+    def others_available(self, tried: set[str], local_only: bool = False) -> bool:
+        return any(name not in tried and r.health.available() and not (local_only and r.peer is not None)
+                   for name, r in self.replicas.items())
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model_id, "strategy": self.config.strategy, "attempts": self.config.attempts,
                 "replicas": [{"name": r.name, "kind": "local" if r.peer is None else "peer",
-                              "url": r.peer.url if r.peer else None, "weight": r.endpoint.weight,
+                              "service": r.service_id, "url": r.peer.url if r.peer else None,
+                              "weight": r.endpoint.weight,
                               "outstanding": r.endpoint.outstanding,
                               "latency_ewma_ms": round(r.endpoint.latency_ewma * 1000, 1)
                               if r.endpoint.latency_ewma is not None else None,
@@ -205,13 +240,15 @@ class ModelReplicas:
 @dataclass
 class Router:
     proxy: Proxy
+    local: LocalServices | None = None  # the scheduler: which local services run, and starting one
     models: dict[str, ModelReplicas] = field(default_factory=dict)
     _checks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    _warming: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # model id -> its latest background start
     _session: aiohttp.ClientSession | None = None
 
     @classmethod
-    def of(cls, config: Config, proxy: Proxy) -> Router:
-        router = cls(proxy)
+    def of(cls, config: Config, proxy: Proxy, local: LocalServices | None = None) -> Router:
+        router = cls(proxy, local)
         router.models = {model_id: ModelReplicas(model_id, model.replicas)
                          for model_id, model in config.models.items() if model.replicas is not None}
         return router
@@ -265,7 +302,27 @@ class Router:
         if task is not None:
             task.cancel()  # it ends at its next await; nothing waits for it
 
+    def warm_up(self, replicas: ModelReplicas, cold: set[str]) -> None:
+        """Start the first of the model's cold local replicas in the background, unless one is starting."""
+        starting = self._warming.get(replicas.model_id)
+        if self.local is None or (starting is not None and not starting.done()):
+            return
+        service_id = next(r.service_id for name, r in replicas.replicas.items() if name in cold and r.service_id)
+        local = self.local
+
+        async def start() -> None:
+            try:
+                await local.load(service_id)
+                log_event(log, "local replica started for the load", model=replicas.model_id, replica=service_id)
+            except ServiceError as exc:  # its requests would have met the same; it is tried again when needed
+                log_event(log, "local replica could not start", logging.WARNING, model=replicas.model_id,
+                          replica=service_id, reason=safe_reason(exc.message))
+
+        self._warming[replicas.model_id] = asyncio.create_task(start(), name=f"warm-{service_id}")
+
     async def close(self) -> None:
+        for task in list(self._warming.values()):
+            task.cancel()
         tasks = list(self._checks.values())
         for model_id in list(self._checks):
             self._stop_checks(model_id)
@@ -279,19 +336,27 @@ class Router:
     async def forward(self, replicas: ModelReplicas, routed: Routed, *, route: str, payload: dict[str, Any],
                       upstream_name: str, request_id: bytes, began: float, send: Any,
                       transform: Callable[[bytes], bytes] | None, meter: StreamUsage | None,
-                      acquire_local: Callable[[], Awaitable[Any]], key: str | None) -> None:
-        """Answer the request from one replica, trying others while nothing went back.
-        Raises ServiceError (nothing sent) when every try failed or none is healthy."""
+                      acquire_local: Callable[[str], Awaitable[Any]], key: str | None,
+                      local_only: bool = False) -> None:
+        """Answer the request from one replica, trying others while nothing went back;
+        acquire_local(service id) leases a local one. local_only: no peer (the request
+        came from one). Raises ServiceError (nothing sent) when every try failed or
+        none is healthy."""
         tried: set[str] = set()
         last: ServiceError | None = None
         for attempt in range(1, replicas.policy.attempts + 1):
             if attempt > 1:  # before the pick: no half-open slot is held while waiting
                 await asyncio.sleep(replicas.policy.delay(attempt - 1))
-            replica = replicas.pick(key, tried)
+            cold: set[str] = set()
+            if self.local is not None:
+                cold, all_busy = replicas.cold(tried, local_only, self.local.running)
+                if all_busy:
+                    self.warm_up(replicas, cold)
+            replica = replicas.pick(key, tried | cold, local_only)
             if replica is None:
                 break
             tried.add(replica.name)
-            final = attempt == replicas.policy.attempts or not replicas.others_available(tried)
+            final = attempt == replicas.policy.attempts or not replicas.others_available(tried, local_only)
             failure = await self._attempt(replicas, replica, routed, final, route=route, payload=payload,
                                           upstream_name=upstream_name, request_id=request_id, began=began,
                                           send=send, transform=transform, meter=meter, acquire_local=acquire_local)
@@ -306,10 +371,22 @@ class Router:
                            "checks or has its circuit open (GET /admin/replicas)", code="no_healthy_replica",
                            retry_after=5)
 
+    @staticmethod
+    async def _lease(replicas: ModelReplicas, replica: Replica, acquire_local: Callable[[str], Awaitable[Any]]) -> Any:
+        """A lease on a local replica's service; on the model's first one when a reload just
+        took this one away (chat~2 gone: chat serves)."""
+        assert replica.service_id is not None
+        try:
+            return await acquire_local(replica.service_id)
+        except ServiceError as exc:
+            if exc.code != "model_not_found" or replica.service_id == replicas.model_id:
+                raise
+        return await acquire_local(replicas.model_id)
+
     async def _attempt(self, replicas: ModelReplicas, replica: Replica, routed: Routed, final: bool, *,
                        route: str, payload: dict[str, Any], upstream_name: str, request_id: bytes, began: float,
                        send: Any, transform: Callable[[bytes], bytes] | None, meter: StreamUsage | None,
-                       acquire_local: Callable[[], Awaitable[Any]]) -> ServiceError | None:
+                       acquire_local: Callable[[str], Awaitable[Any]]) -> ServiceError | None:
         """One try: None when the client got this replica's answer; the failure when it may go elsewhere."""
         started = time.perf_counter()
         replica.endpoint.begin()
@@ -317,7 +394,7 @@ class Router:
         try:
             if replica.peer is None:
                 try:
-                    lease = await acquire_local()
+                    lease = await self._lease(replicas, replica, acquire_local)
                 except ServiceError as exc:
                     if exc.code == "shutting_down":  # ours, not the replica's: said as it is
                         raise

@@ -42,10 +42,7 @@ import asyncio
 import json
 import os
 import random
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -54,7 +51,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from core.process import free_port  # noqa: E402
-from tests.bench.bench_proxy import Child, cpu_seconds, machine_busy, percentile, wait_quiet, wait_ready  # noqa: E402
+from tests.bench.bench_proxy import Child, cpu_seconds, machine_busy, percentile, run_benchmark, wait_quiet, wait_ready  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -475,27 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--service-env takes NAME=VALUE")
     args.service_env = dict(pair.split("=", 1) for pair in args.service_env)
 
-    def on_term(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_term)
-    workdir = Path(tempfile.mkdtemp(prefix="modelyard-bench-drift-", dir=args.tmpdir))
-    children: list[Child] = []
-    try:
-        return asyncio.run(benchmark(args, workdir, children))
-    except RuntimeError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 2
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        print("bench: interrupted; stopping what it started", file=sys.stderr)
-        return 143
-    finally:
-        for child in children:
-            child.stop()
-        if args.keep:
-            print(f"logs and state kept in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    return run_benchmark(benchmark, args, "modelyard-bench-drift-")
 
 
 if __name__ == "__main__":

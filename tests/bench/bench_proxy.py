@@ -25,6 +25,7 @@ import gc
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -716,6 +717,36 @@ def _uvloop_version() -> str:
         return "not installed (asyncio loop)"
 
 
+def run_benchmark(benchmark: Any, args: argparse.Namespace, prefix: str, loop_runner: Any = asyncio.run) -> int:
+    """Run the coroutine benchmark(args, workdir, children) in a fresh temp directory (under
+    args.tmpdir if the suite has that option), and stop what it started however it ends: the
+    children in reverse (an orchestrator started after its upstreams goes first, stopping its
+    own services). Exit status: its own; 2 on a RuntimeError (said on stderr); 143 when
+    interrupted. The directory is removed unless args.keep."""
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=getattr(args, "tmpdir", None)))
+    children: list[Child] = []
+    try:
+        return loop_runner(benchmark(args, workdir, children))
+    except RuntimeError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        print("bench: interrupted; stopping what it started", file=sys.stderr)
+        return 143
+    finally:
+        for child in reversed(children):
+            child.stop()
+        if args.keep:
+            print(f"logs and state kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
@@ -740,36 +771,13 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.quiet_wait <= 60:
         parser.error("--quiet-wait must be in [0, 60]")
 
-    def on_term(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_term)
-    workdir = Path(tempfile.mkdtemp(prefix="modelyard-bench-"))
-    children: list[Child] = []
     try:
-        try:
-            import uvloop
+        import uvloop
 
-            run = uvloop.run
-        except ImportError:
-            run = asyncio.run
-        return run(benchmark(args, workdir, children))
-    except RuntimeError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 2
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        print("bench: interrupted; stopping what it started", file=sys.stderr)
-        return 143
-    finally:
-        # The orchestrator first: it stops the services it started.
-        for child in reversed(children):
-            child.stop()
-        if args.keep:
-            print(f"logs and state kept in {workdir}", file=sys.stderr)
-        else:
-            import shutil
-
-            shutil.rmtree(workdir, ignore_errors=True)
+        loop_runner = uvloop.run
+    except ImportError:
+        loop_runner = asyncio.run
+    return run_benchmark(benchmark, args, "modelyard-bench-", loop_runner)
 
 
 if __name__ == "__main__":

@@ -37,13 +37,9 @@ This file is a script, not a test: pytest does not collect it.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -53,7 +49,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from core.process import free_port  # noqa: E402
-from tests.bench.bench_proxy import Child, percentile, wait_ready  # noqa: E402
+from tests.bench.bench_proxy import Child, percentile, run_benchmark, wait_ready  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -295,27 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.requests < 1:
         parser.error("--rounds and --requests must be positive")
 
-    def on_term(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_term)
-    workdir = Path(tempfile.mkdtemp(prefix="modelyard-bench-registry-", dir=args.tmpdir))
-    children: list[Child] = []
-    try:
-        return asyncio.run(benchmark(args, workdir, children))
-    except RuntimeError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 2
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        print("bench: interrupted; stopping what it started", file=sys.stderr)
-        return 143
-    finally:
-        for child in children:
-            child.stop()
-        if args.keep:
-            print(f"logs and state kept in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    return run_benchmark(benchmark, args, "modelyard-bench-registry-")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import yaml
 
 from core.config import load_config
 from core.gpu import discover
-from core.process import INSTANCE_ENV, free_port
+from core.process import INSTANCE_ENV, SERVICE_ID_ENV, free_port
 from orchestrator.app import create_app
 from orchestrator.placement import EPSILON
 from orchestrator.scheduler import Scheduler, Service, State
@@ -45,15 +45,15 @@ ALLOWED_TRANSITIONS = {
 }
 
 
-def live_processes(instance: str, model_id: str | None = None) -> list[psutil.Process]:
-    """Live (not zombie) processes started for this orchestrator instance."""
+def live_processes(instance: str, service_id: str | None = None) -> list[psutil.Process]:
+    """Live (not zombie) processes started for this orchestrator instance (for one service: chat, chat~2)."""
     found = []
     for proc in psutil.process_iter(["pid"]):
         try:
             env = proc.environ()
             if env.get(INSTANCE_ENV) != instance or proc.status() == psutil.STATUS_ZOMBIE:
                 continue
-            if model_id is None or env.get("MODEL_ID") == model_id:
+            if service_id is None or env.get(SERVICE_ID_ENV) == service_id:
                 found.append(proc)
         except (psutil.Error, OSError):
             continue
@@ -63,7 +63,8 @@ def live_processes(instance: str, model_id: str | None = None) -> list[psutil.Pr
 @dataclass
 class InvariantChecker:
     """A scheduler observer: after every state change, no pool over its
-    budget, a legal transition, and no second process for a starting model."""
+    budget, a legal transition, no two local replicas of a model on one GPU,
+    and no second process for a starting service."""
 
     scheduler: Scheduler
     instance: str
@@ -85,9 +86,20 @@ class InvariantChecker:
         for name, group in self.scheduler.config.groups.items():
             if not group.swap:
                 continue
-            members = [s.id for s in self.scheduler.memory_holders() if s.id in group.members and s.state in running]
+            members = sorted({s.model_id for s in holders if s.model_id in group.members and s.state in running})
             if len(members) > 1:
                 self.violations.append(f"swap group {name}: {members} run at once")
+        gpus_of: dict[str, dict[str, str]] = {}  # model -> GPU pool -> the replica holding it
+        for holder in holders:
+            if holder.retired or holder.placement is None:
+                continue
+            taken = gpus_of.setdefault(holder.model_id, {})
+            # Where it is, and where it will wake (asleep, its home GPUs are kept for it).
+            pools = {p for placement in (holder.placement, holder.home) if placement for p in placement.pools}
+            for pool in sorted(pools - {"host"}):
+                if pool in taken:
+                    self.violations.append(f"{holder.id} and {taken[pool]} (replicas of one model) share {pool}")
+                taken[pool] = holder.id
         if new is State.STARTING:
             self.starts[service.id] = self.starts.get(service.id, 0) + 1
             running = live_processes(self.instance, service.id)
