@@ -131,9 +131,12 @@ class Scheduler:
                                 f"{replicas - gpus // each} of them can never start")
         return warnings
 
-    async def start(self) -> None:
+    def _warn_of_replicas(self) -> None:
         for warning in self.replica_warnings():
             log_event(log, "too many local replicas", logging.WARNING, reason=warning)
+
+    async def start(self) -> None:
+        self._warn_of_replicas()
         self._session = aiohttp.ClientSession()
         self._idle_unloader = asyncio.create_task(self._unload_idle_forever())
         preload = sorted((s for s in self.services.values() if s.config.preload), key=lambda s: -s.config.priority)
@@ -846,8 +849,7 @@ class Scheduler:
             service.gate.close("reload")
         await asyncio.gather(*(self._replace(service, new.get(service.model_id) if service.id in new_services
                                              else None, drain) for service in draining))
-        for warning in self.replica_warnings():
-            log_event(log, "too many local replicas", logging.WARNING, reason=warning)
+        self._warn_of_replicas()
         updated = [m for m in changed if m not in restarted]
         return {"added": added, "removed": removed, "changed": restarted, "updated": updated}
 
